@@ -92,6 +92,9 @@ class LLMHandlerMixin:
             await maybe
         if self._finished:  # type: ignore[attr-defined]
             return
+        if not self.current_user:  # type: ignore[attr-defined]
+            # every method of every route, whatever the base class's defaults (HEAD, OPTIONS, ...)
+            raise web.HTTPError(403)
         self._request_task = asyncio.current_task()
         body = self.request.body  # type: ignore[attr-defined]
         if body and len(body) > self.core.cfg.max_body_size:

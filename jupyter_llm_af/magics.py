@@ -44,6 +44,7 @@ HELP = """\
   -m, --model NAME             model (default: the service's default, see `%llm models`)
   -s, --system TEXT            system prompt (quote it if it has spaces)
   -t, --temperature FLOAT      sampling temperature
+  -n, --max-tokens N           stop after N tokens (small models can ramble)
   --chat                       continue the conversation of earlier --chat cells
   --reset                      forget that conversation first
   -o, --out NAME               also store the answer in variable NAME
@@ -78,6 +79,7 @@ class _Options:
     model: str | None = None
     system: str | None = None
     temperature: float | None = None
+    max_tokens: int | None = None
     chat: bool = False
     reset: bool = False
     out: str | None = None
@@ -92,6 +94,8 @@ _VALUE_OPTS = {
     "--system": "system",
     "-t": "temperature",
     "--temperature": "temperature",
+    "-n": "max_tokens",
+    "--max-tokens": "max_tokens",
     "-o": "out",
     "--out": "out",
 }
@@ -123,13 +127,11 @@ def parse_line(line: str) -> tuple[_Options, str]:
         if inline[:1] in "\"'" and inline[-1:] == inline[:1] and len(inline) > 1:
             inline = inline[1:-1].replace('\\"', '"')
         field = _VALUE_OPTS[name]
-        if field == "temperature":
-            try:
-                setattr(opts, field, float(inline))
-            except ValueError:
-                raise UsageError(f"{name} needs a number, not {inline!r}") from None
-        else:
-            setattr(opts, field, inline)
+        convert = {"temperature": float, "max_tokens": int}.get(field, str)
+        try:
+            setattr(opts, field, convert(inline))
+        except ValueError:
+            raise UsageError(f"{name} needs a number, not {inline!r}") from None
     if opts.out is not None and not opts.out.isidentifier():
         raise UsageError(f"-o needs a variable name, not {opts.out!r}")
     return opts, line[pos:].strip()
@@ -197,6 +199,8 @@ class _ChatRequest:
         except Exception as exc:  # shown as one line by the main thread
             self.events.put(("error", exc))
         finally:
+            # finalize httpx's line iterator here, not in a closed loop ("Task was destroyed...")
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
 
     async def _main(self) -> None:
@@ -362,8 +366,9 @@ class LLMMagics(Magics):
         else:
             messages = ([{"role": "system", "content": system}] if system else []) + [user]
         body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
-        if opts.temperature is not None:
-            body["options"] = {"temperature": opts.temperature}
+        options = {"temperature": opts.temperature, "num_predict": opts.max_tokens}
+        if any(v is not None for v in options.values()):
+            body["options"] = {k: v for k, v in options.items() if v is not None}
 
         text, final = self._stream(body, model)
 
@@ -565,6 +570,37 @@ def _error_line(error: Any, model: str) -> str:
     return f"LLM request failed: {type(error).__name__}: {error}"
 
 
+_ENDS_IN_QUESTION = re.compile(
+    r"^(?P<indent>\s*)(?P<assign>[\w.]+\s*=\s*)?%(?P<name>llm_af|llm)\s+(?P<rest>\S.*\?)\s*$"
+)
+
+
+def _keep_question_marks(lines: list[str]) -> list[str]:
+    """``%llm What is a job?``: without this IPython reads the trailing ``?`` as a help request.
+
+    An input transformer (run before IPython's own) that turns such a line into the call IPython
+    would have made, so the question mark stays part of the prompt. ``%llm?`` keeps meaning help.
+    """
+    if not lines or lines[0].startswith("%%"):  # a cell magic takes its body verbatim anyway
+        return lines
+    out = []
+    for line in lines:
+        m = _ENDS_IN_QUESTION.match(line.rstrip("\n"))
+        if m and _is_ours(m["name"]):
+            call = f"get_ipython().run_line_magic({m['name']!r}, {m['rest']!r})"
+            line = f"{m['indent']}{m['assign'] or ''}{call}\n"
+        out.append(line)
+    return out
+
+
+def _is_ours(name: str) -> bool:
+    from IPython import get_ipython
+
+    ip = get_ipython()
+    func = ip.magics_manager.magics["line"].get(name) if ip is not None else None
+    return isinstance(getattr(func, "__self__", None), LLMMagics)
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """Register ``%llm``/``%%llm`` (unless taken by another package) and ``%llm_af``/``%%llm_af``."""
     manager = ipython.magics_manager
@@ -584,6 +620,9 @@ def load_ipython_extension(ipython: Any) -> None:
     names = ["llm_af"] if taken else ["llm", "llm_af"]
     for name in names:
         manager.register_function(magics.llm, magic_kind="line_cell", magic_name=name)
+    cleanup = ipython.input_transformers_cleanup
+    cleanup[:] = [t for t in cleanup if getattr(t, "__name__", "") != _keep_question_marks.__name__]
+    cleanup.append(_keep_question_marks)
     if taken:
         print(
             "jupyter_llm_af: %llm is already defined by another package (Cellmage?); it is kept. "

@@ -257,6 +257,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     host_env = os.environ.get("OLLAMA_HOST", "")
     env_host, _, env_port = host_env.rpartition(":") if host_env else ("", "", "")
+    if not env_port.isdigit() or "/" in env_host:  # a URL (e.g. a kernel's zero-config value): ignore
+        env_host, env_port = "", ""
     p.add_argument("--host", default=env_host or "127.0.0.1")
     p.add_argument("--port", type=int, default=int(env_port or 0))
     p.add_argument("--models", default="tiny:1b,small:3b")

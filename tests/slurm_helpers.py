@@ -88,6 +88,11 @@ def sbatch_wrap(job_name: str, command: str, *options: str) -> str:
     return out.strip().split(";")[0]
 
 
+async def scancel(*job_ids: str) -> None:
+    proc = await asyncio.create_subprocess_exec("scancel", *job_ids)
+    assert await proc.wait() == 0
+
+
 def job_state(job_id: str) -> str:
     rows = squeue("-t", "all", "-j", job_id)
     return rows[0][2] if rows else ""
@@ -95,7 +100,8 @@ def job_state(job_id: str) -> str:
 
 def backend_command(delay: float = 0.01) -> str:
     """The job's backend: the Ollama test double from this checkout, run by this venv's Python."""
-    return f"{sys.executable} -m tests.ollama_double --host 127.0.0.1 --port $JUPYTER_LLM_AF_PORT --delay {delay}"
+    listen = "--host 127.0.0.1 --port $JUPYTER_LLM_AF_PORT"  # loopback only, never 0.0.0.0 in tests
+    return f"{sys.executable} -m tests.ollama_double {listen} --delay {delay}"
 
 
 def backend_settings(state_dir: Path, job_name: str, **overrides: Any) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -80,6 +79,32 @@ def test_parse_job_line_and_submit_output() -> None:
     assert parse_submit_output("22;cluster\n") == "22"
     assert parse_submit_output("Submitted batch job 7\n") == "7"
     assert parse_timestamp("Unknown") is None
+
+
+def test_from_config_reads_the_service_settings(tmp_path: Path) -> None:
+    from jupyter_llm_af.config import LLMService
+
+    cfg = LLMService(
+        slurm_partition="gpu",
+        slurm_gres="gpu:a100:1",
+        slurm_time_limit="02:00:00",
+        slurm_extra_directives=["--mem=64G"],
+        slurm_backend_env={"OLLAMA_MODELS": "/models dir/x"},
+        slurm_job_name="llm-svc",
+        renew_before=300.0,
+        idle_timeout=900.0,
+    )
+    backend = SlurmBackend.from_config(cfg, runtime_dir=str(tmp_path))
+    assert backend.state_dir == tmp_path / "llm-af-slurm"
+    assert (backend.renew_before, backend.idle_timeout, backend.job_name) == (300.0, 900.0, "llm-svc")
+    script = backend.render_script()
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --gres=gpu:a100:1", "#SBATCH --mem=64G"):
+        assert line in script.splitlines()
+    assert "#SBATCH --time=02:00:00" in script and "#SBATCH --signal=B:USR1@300" in script
+    assert "export OLLAMA_MODELS='/models dir/x'" in script
+    assert "endpoint-$SLURM_JOB_ID.json" in script and "ollama serve &" in script
+    info = backend.describe(admin=True)
+    assert info["state"] == "idle" and info["job"] is None and info["message"].startswith("No GPU job")
 
 
 # -- the real cluster --------------------------------------------------------------------------
@@ -205,7 +230,7 @@ async def test_requests_wait_while_pending_then_succeed(make_backend, job_name: 
         or "T" in backend.describe()["job"]["estimated_start"]
     )
 
-    subprocess.run(["scancel", holder], check=True, timeout=30)
+    await sh.scancel(holder)
     released = time.monotonic()
     endpoints = await asyncio.wait_for(asyncio.gather(*waiting), 30)
     print(f"pending job ready {time.monotonic() - released:.2f} s after the GPU was released")
@@ -295,10 +320,21 @@ async def test_controller_down_unknown_keeps_serving_without_duplicate(make_back
                 assert (await generate(leased.url))["done"] is True
             await asyncio.sleep(1)
         assert backend.cli.calls["submit"] == 1
+
+        # a service (re)started during the outage cannot know whether a job exists: it submits nothing
+        restarted = make_backend()
+        await restarted.start()
+        assert restarted.state == "unknown"
+        with pytest.raises(BackendUnavailable) as exc:
+            await restarted.ready_endpoint(deadline(2))
+        assert "Slurm is not answering" in exc.value.message
+        assert restarted.cli.calls["submit"] == 0
     finally:
         sh.controller("up")
     await sh.wait_until(lambda: backend.state == "ready", 20, what="ready again")
     assert backend.describe()["job"]["state"] == "RUNNING"
+    assert (await restarted.ready_endpoint(deadline(20))) == endpoint, "adopted once Slurm answers"
+    assert restarted.cli.calls["submit"] == 0
     assert backend.cli.calls["submit"] == 1
     assert [r[0] for r in sh.jobs_named(job_name, all_states=True)] == [endpoint.key]
 
@@ -381,3 +417,90 @@ async def test_successor_handover_under_load_has_no_failures(make_backend, job_n
     async with httpx.AsyncClient(trust_env=False) as http:
         loaded = (await http.get(successor["backend_url"] + "/api/ps")).json()["models"]
     assert "small:3b" in {m["name"] for m in loaded}, "models of the old job are warmed on the successor"
+
+
+@pytest.mark.slurm
+@pytest.mark.asyncio
+async def test_old_job_ending_before_successor_is_ready_makes_requests_wait(
+    make_backend, job_name: str
+) -> None:
+    # With the single GPU the successor pends behind the job it replaces; the old job then ends
+    # (cancelled here, as by an admin or a node failure): requests wait for the successor.
+    backend = make_backend(time_limit="1", renew_before=45.0, steady_poll=1.0, idle_timeout=600.0)
+    await backend.start()
+    first = await backend.ready_endpoint(deadline(60))
+
+    async def keep_active() -> None:
+        while True:
+            backend.note_activity()
+            await asyncio.sleep(1)
+
+    activity = asyncio.create_task(keep_active())
+    try:
+        await sh.wait_until(lambda: backend.state == "renewing", 60, interval=0.5, what="successor submitted")
+        successor_id = backend.describe()["successor"]["id"]
+        await sh.wait_until(lambda: (backend.describe()["successor"] or {}).get("reason"), 10, what="reason")
+        assert backend.describe()["successor"]["reason"] in ("Resources", "Priority")
+        assert backend.wait_message().startswith(f"Renewing: successor job {successor_id} pending (")
+        # the old job still serves while its successor pends
+        assert await backend.ready_endpoint(deadline(1)) == first
+
+        await sh.scancel(first.key)
+        ended = time.monotonic()
+        backend.endpoint_failed(first)  # what the proxy reports when the old job refuses connections
+        await sh.wait_until(lambda: backend.describe()["job"]["id"] == successor_id, 10, what="promotion")
+        noticed = time.monotonic() - ended
+        assert backend.state in ("pending", "starting")  # not served: requests wait
+        endpoint = await backend.ready_endpoint(deadline(60))
+        print(f"end noticed after {noticed:.2f} s; requests waited {time.monotonic() - ended:.2f} s in all")
+    finally:
+        activity.cancel()
+    assert endpoint.key == successor_id
+    assert (await generate(endpoint.url))["done"] is True
+    assert backend.cli.calls["submit"] == 2
+
+
+@pytest.mark.slurm
+@pytest.mark.asyncio
+async def test_backend_crash_fails_waiters_with_its_output(make_backend, job_name: str) -> None:
+    backend = make_backend(backend_command="sh -c 'echo backend crashed: no CUDA device >&2; exit 3'")
+    await backend.start()
+    with pytest.raises(BackendUnavailable) as exc:
+        await backend.ready_endpoint(deadline(60))
+    assert "before its backend answered" in exc.value.message
+    assert "backend crashed: no CUDA device" in exc.value.message
+    assert backend.state == "failed" and "backend crashed" in backend.describe()["last_error"]
+    assert backend.cli.calls["submit"] == 1
+
+
+@pytest.mark.slurm
+@pytest.mark.asyncio
+async def test_backend_that_never_answers_is_cancelled(make_backend, job_name: str) -> None:
+    backend = make_backend(backend_command="sleep 300", backend_ready_timeout=2.0)
+    await backend.start()
+    with pytest.raises(BackendUnavailable) as exc:
+        await backend.ready_endpoint(deadline(60))
+    assert "did not answer within 2 s" in exc.value.message
+    assert backend.state == "failed"
+    await sh.wait_until(lambda: not sh.jobs_named(job_name), 10, what="job cancelled")
+
+
+@pytest.mark.slurm
+@pytest.mark.asyncio
+async def test_admin_start_and_stop(make_backend, job_name: str) -> None:
+    backend = make_backend()
+    await backend.start()
+    state = await backend.control("start")
+    assert state["state"] in ("submitting", "pending", "starting", "ready", "idle")
+    await sh.wait_until(lambda: backend.state == "ready", 30, what="ready without a request")
+    assert backend.cli.calls["submit"] == 1
+
+    waiter = asyncio.create_task(backend.ready_endpoint(deadline(30)))
+    assert (await waiter).key == backend.submitted_job_ids[0]
+    stopped = await backend.control("stop")
+    assert stopped["state"] == "idle" and stopped["job"] is None
+    await sh.wait_until(
+        lambda: not sh.jobs_named(job_name), 10, what="job gone after stop"
+    )  # COMPLETING first
+    with pytest.raises(Exception, match="no 'restart' action"):
+        await backend.control("restart")

@@ -209,17 +209,23 @@ class SlurmBackend(Backend):
 
     # -- construction from the service's settings ----------------------------------------------
     @classmethod
-    def from_config(cls, cfg: Any, **overrides: Any) -> SlurmBackend:
-        """Build from the ``LLMService`` settings (``cfg`` is the Configurable instance)."""
+    def from_config(cls, cfg: Any, runtime_dir: str | None = None, **overrides: Any) -> SlurmBackend:
+        """Build from the ``LLMService`` settings (``cfg`` is the Configurable instance).
+
+        ``runtime_dir`` (the Jupyter runtime dir) holds the state dir when ``slurm_state_dir`` is empty.
+        """
         state_dir = getattr(cfg, "slurm_state_dir", "") or ""
         if not state_dir:
-            try:
-                from jupyter_core.paths import jupyter_runtime_dir
+            if runtime_dir is None:
+                try:
+                    from jupyter_core.paths import jupyter_runtime_dir
 
-                runtime = jupyter_runtime_dir()
-            except ImportError:
-                runtime = os.path.join(os.path.expanduser("~"), ".local", "share", "jupyter", "runtime")
-            state_dir = os.path.join(runtime, "llm-af-slurm")
+                    runtime_dir = jupyter_runtime_dir()
+                except ImportError:
+                    runtime_dir = os.path.join(
+                        os.path.expanduser("~"), ".local", "share", "jupyter", "runtime"
+                    )
+            state_dir = os.path.join(runtime_dir, "llm-af-slurm")
         settings: dict[str, Any] = dict(
             state_dir=state_dir,
             job_name=cfg.slurm_job_name,
@@ -399,6 +405,13 @@ class SlurmBackend(Backend):
             return self.describe(admin=True)
         raise ControlNotSupported(f"the slurm backend has no '{action}' action")
 
+    def endpoint_failed(self, endpoint: Endpoint) -> None:
+        """The proxy could not reach ``endpoint``: check the job and its backend now, not at the next poll."""
+        job = self.jobs_seen.get(endpoint.key)
+        if job is not None:
+            job.last_probe_mono = 0.0
+        self._wake.set()
+
     # -- state -----------------------------------------------------------------------------------
     @property
     def state(self) -> str:
@@ -423,7 +436,7 @@ class SlurmBackend(Backend):
 
     def _serving_endpoint(self) -> Endpoint | None:
         cur = self._current
-        if cur and cur.ready and cur.url and not self._releasing:
+        if cur and cur.ready and cur.url and cur.phase is JobPhase.RUNNING and not self._releasing:
             return Endpoint(url=cur.url, key=cur.id)
         return None
 
@@ -500,9 +513,11 @@ class SlurmBackend(Backend):
                     interval = await self._tick()
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # a bug must not stop the launcher; report it
-                log.exception("Slurm launcher poll failed")
-                self._last_error = f"internal error: {e}"
+            except Exception as e:  # a bug must not stop the launcher; report it (once, not every poll)
+                error = f"internal error: {e!r}"
+                if error != self._last_error:
+                    log.exception("Slurm launcher poll failed")
+                self._last_error = error
                 interval = MAX_PENDING_POLL_S
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
@@ -586,12 +601,16 @@ class SlurmBackend(Backend):
         if job.phase is JobPhase.ENDED:
             await self._job_ended(job)
             return
+        if job.phase is not JobPhase.RUNNING and job.ready:
+            job.ready = False  # ending, suspended, or requeued: no traffic
+            self._notify()
         if job.phase is JobPhase.ENDING:
-            if job.ready:
-                job.ready = False
-                self._notify()
             return
         if job.phase is JobPhase.PENDING:
+            if job.running_since is not None:  # requeued (node failure): it will publish a new endpoint
+                log.warning("Slurm: job %s was requeued", job.id)
+                job.running_since = job.url = None
+                await self._remove_endpoint_file(job)
             if job.info and job.info.start_time:
                 job.estimated_start = job.info.start_time
             elif now >= job.next_estimate_mono:
@@ -605,8 +624,8 @@ class SlurmBackend(Backend):
             job.running_since = now
             job.mark("running")
             self._notify()
-        if job.url is None:
-            await self._read_endpoint_file(job)
+        if not job.ready:
+            await self._read_endpoint_file(job)  # re-read until ready: a requeued job rewrites it
         if job.url is not None:
             due = not job.ready or now - job.last_probe_mono >= self.steady_poll
             if due:
@@ -656,13 +675,15 @@ class SlurmBackend(Backend):
 
         # a shared filesystem can stall: keep the event loop free
         data = await asyncio.to_thread(read)
-        if not data or "port" not in data:
+        if not isinstance(data, dict):
+            return
+        try:
+            port = int(data["port"])
+        except (TypeError, KeyError, ValueError):
             return
         host = str(data.get("host") or "127.0.0.1")
         job.host = host
-        job.url = (
-            f"http://[{host}]:{int(data['port'])}" if ":" in host else f"http://{host}:{int(data['port'])}"
-        )
+        job.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         job.mark("endpoint")
 
     def _endpoint_path(self, job_id: str) -> Path:
@@ -680,31 +701,42 @@ class SlurmBackend(Backend):
         return " | ".join(text[-lines:])
 
     async def _job_ended(self, job: _Job) -> None:
-        state = job.info.state if job.info and job.info.phase is JobPhase.ENDED else "ended"
         was_ready = job.ready or "ready" in job.events
         job.ready = False
         job.mark("ended")
         await self._remove_endpoint_file(job)
-        if job is self._current:
-            self._current = None
+        if job is self._current or job is self._successor:
             if was_ready:
-                log.info("Slurm: job %s ended (%s)", job.id, state)
+                log.info("Slurm: job %s ended (%s)", job.id, await self._final_state(job))
             else:
-                tail = await asyncio.to_thread(self._output_tail, job.id)
-                self._set_failed(
-                    f"Job {job.id} ended ({state}) before its backend answered"
-                    + (f"; its output ends with: {tail}" if tail else ""),
-                    fail_waiters=self._successor is None,
-                )
-        elif job is self._successor:
-            self._successor = None
-            self._renew_not_before = time.monotonic() + self.submit_backoff
-            tail = await asyncio.to_thread(self._output_tail, job.id)
-            self._last_error = f"Successor job {job.id} ended ({state}) before its backend answered" + (
-                f"; its output ends with: {tail}" if tail else ""
-            )
+                why = await self._ended_early_message(job)
+                if job is self._current:
+                    self._set_failed(why, fail_waiters=self._successor is None)
+                else:
+                    self._renew_not_before = time.monotonic() + self.submit_backoff
+                    self._last_error = f"Successor: {why}"
+                    log.warning("Slurm: %s", self._last_error)
+            if job is self._current:
+                self._current = None
+            else:
+                self._successor = None
         self._draining.pop(job.id, None)
         self._notify()
+
+    async def _final_state(self, job: _Job) -> str:
+        """TIMEOUT, CANCELLED, FAILED…: Slurm still lists ended jobs with ``-t all`` for a while."""
+        with contextlib.suppress(SlurmError):
+            for info in await self.cli.list_jobs(self.job_name, all_states=True):
+                if info.id == job.id:
+                    return info.state
+        return "ended"
+
+    async def _ended_early_message(self, job: _Job) -> str:
+        state = await self._final_state(job)
+        tail = await asyncio.to_thread(self._output_tail, job.id)
+        return f"Job {job.id} ended ({state}) before its backend answered" + (
+            f"; its output ends with: {tail}" if tail else ""
+        )
 
     async def _give_up_on(self, job: _Job, why: str) -> None:
         log.warning("Slurm: cancelling job %s: %s", job.id, why)
@@ -750,6 +782,7 @@ class SlurmBackend(Backend):
             if self._wanted() and now >= self._retry_not_before:
                 await self._submit(successor=False)
             return
+        self._start_requested = False  # an admin's "start" is satisfied by the job we have
         if self._successor is None and self._should_release(now):
             await self._release(f"no request for {self.idle_timeout:g} s")
             return
@@ -944,7 +977,9 @@ class SlurmBackend(Backend):
                 # fast right after submit, then slower the longer it pends
                 intervals.append(min(self.max_pending_poll, max(FAST_POLL_S, (now - job.submitted_mono) / 5)))
             elif not job.ready and job.phase in (JobPhase.RUNNING, JobPhase.STARTING):
-                intervals.append(FAST_POLL_S)
+                # fast while a quick backend comes up; a model loading for minutes needs no 5 Hz squeue
+                since = now - (job.running_since or now)
+                intervals.append(min(2.0, max(FAST_POLL_S, since / 10)))
             elif job.phase is JobPhase.ENDING:
                 intervals.append(1.0)
         if cur is not None:
