@@ -9,8 +9,10 @@ CONF_DIR=${SLURM_CONF_DIR:-/etc/slurm}
 NGPUS=${NGPUS:-1}
 export SLURM_CONF=$CONF_DIR/slurm.conf
 ms() { echo $(( $(date +%s%N) / 1000000 )); }
-# kill -0 succeeds on zombies: judge liveness by the process state instead
-alive() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null) || return 1; [[ $s != Z* ]]; }
+# /proc instead of ps (procps may be missing on a minimal image); kill -0 succeeds on zombies,
+# so "alive" means: the process exists and its state is not Z.
+proc_stat() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null; }   # fields after comm: state ppid ...
+alive() { local s; s=$(proc_stat "$1") || return 1; set -- $s; [ -n "${1:-}" ] && [ "$1" != Z ]; }
 wait_controller() {
   for i in $(seq 100); do
     scontrol ping 2>/dev/null | grep -q 'is UP' && return 0

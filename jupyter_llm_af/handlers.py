@@ -226,12 +226,19 @@ class LLMHandlerMixin:
         core = self.core
         try:
             async with core.backend.lease(deadline) as endpoint:
-                if core.protocol == "openai" and path.startswith("/api/"):
-                    await self._translated(endpoint.url, path, body or {})
-                else:
-                    if core.protocol == "openai" and path.startswith("/v1/") and body and body.get("model"):
-                        await self._check_openai_model(endpoint.url, body["model"])
-                    await self._pass_through(endpoint.url, path, method)
+                try:
+                    if core.protocol == "openai" and path.startswith("/api/"):
+                        await self._translated(endpoint.url, path, body or {})
+                    else:
+                        if core.protocol == "openai" and path.startswith("/v1/") and body and body.get("model"):
+                            await self._check_openai_model(endpoint.url, body["model"])
+                        await self._pass_through(endpoint.url, path, method)
+                except UpstreamError:
+                    # let the launcher re-check its job now rather than at its next poll
+                    failed = getattr(core.backend, "endpoint_failed", None)
+                    if failed is not None:
+                        failed(endpoint)
+                    raise
         except BackendUnavailable as e:
             raise ApiError(e.status, e.message, e.retry_after) from None
 

@@ -434,6 +434,11 @@ class SlurmBackend(Backend):
             return "pending"
         return "starting"
 
+    def current_url(self) -> str | None:
+        """URL of the job serving now (for model lists in /backend/state); never starts a job."""
+        ep = self._serving_endpoint()
+        return ep.url if ep else None
+
     def _serving_endpoint(self) -> Endpoint | None:
         cur = self._current
         if cur and cur.ready and cur.url and cur.phase is JobPhase.RUNNING and not self._releasing:

@@ -148,6 +148,6 @@ def screenshot(page: Any, name: str) -> Path:
 
 def set_theme(page: Any, theme: str) -> None:
     page.evaluate("t => window.jupyterapp.commands.execute('apputils:change-theme', {theme: t})", theme)
-    page.wait_for_function(
-        "t => document.body.dataset.jpThemeName === t", arg=theme, timeout=20_000
-    )
+    page.wait_for_function("t => document.body.dataset.jpThemeName === t", arg=theme, timeout=20_000)
+    # Lab shows its splash while the theme's CSS loads
+    page.wait_for_selector("#jupyterlab-splash", state="detached", timeout=20_000)
