@@ -115,7 +115,8 @@ class LLMService(Configurable):
     default_model = Unicode(
         "",
         config=True,
-        help="Model used by the magics and panel snippets when none is named. Empty: the first model the backend lists.",
+        help="""Model used by the magics and panel snippets when none is named.
+        Empty: the first model the backend lists.""",
     )
 
     # -- forwarding -----------------------------------------------------------------------

@@ -73,9 +73,14 @@ def load_manifest() -> list[EmbeddedModel]:
         if os.path.exists(m.get("path", "")):
             models.append(
                 EmbeddedModel(
-                    name=m["name"], router_id=m["router_id"], path=m["path"], size=int(m["size"]),
-                    sha256=m.get("sha256", ""), family=m.get("family", ""),
-                    parameter_size=m.get("parameter_size", ""), quantization=m.get("quantization", ""),
+                    name=m["name"],
+                    router_id=m["router_id"],
+                    path=m["path"],
+                    size=int(m["size"]),
+                    sha256=m.get("sha256", ""),
+                    family=m.get("family", ""),
+                    parameter_size=m.get("parameter_size", ""),
+                    quantization=m.get("quantization", ""),
                     extra_options=dict(m.get("extra_options", {})),
                 )
             )
@@ -87,7 +92,10 @@ def model_metadata(models: list[EmbeddedModel]) -> dict[str, ModelMeta]:
     for m in models:
         mtime = os.path.getmtime(m.path)
         meta[m.name] = ModelMeta(
-            size=m.size, digest=m.sha256, family=m.family, parameter_size=m.parameter_size,
+            size=m.size,
+            digest=m.sha256,
+            family=m.family,
+            parameter_size=m.parameter_size,
             quantization_level=m.quantization,
             modified_at=datetime.fromtimestamp(mtime, timezone.utc).isoformat().replace("+00:00", "Z"),
             capabilities=["completion", "embedding"],
@@ -95,7 +103,9 @@ def model_metadata(models: list[EmbeddedModel]) -> dict[str, ModelMeta]:
     return meta
 
 
-def write_presets(models: list[EmbeddedModel], path: Path, wanted: list[str], ctx_size: int, parallel: int) -> Path:
+def write_presets(
+    models: list[EmbeddedModel], path: Path, wanted: list[str], ctx_size: int, parallel: int
+) -> Path:
     """The router's preset file: one section per model, the Ollama name as its alias."""
     lines = []
     chosen = [m for m in models if not wanted or m.name in wanted]
@@ -119,6 +129,14 @@ def write_presets(models: list[EmbeddedModel], path: Path, wanted: list[str], ct
 
 def router_command(binary: str, presets: Path, max_loaded: int) -> list[str]:
     return [
-        binary, "--models-preset", str(presets), "--models-max", str(max_loaded),
-        "--host", "{host}", "--port", "{port}", "--no-ui",
+        binary,
+        "--models-preset",
+        str(presets),
+        "--models-max",
+        str(max_loaded),
+        "--host",
+        "{host}",
+        "--port",
+        "{port}",
+        "--no-ui",
     ]

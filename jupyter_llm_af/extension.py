@@ -45,8 +45,13 @@ class LLMExtensionApp(ExtensionApp):
         self.serverapp.web_app.settings["llm_core"] = self.core
         IOLoop.current().add_callback(self.core.start)
         self._export_kernel_env()
-        self.log.info("jupyter_llm_af: %s backend (%s API) at %s%s", service.backend, self.core.protocol,
-                      self.serverapp.base_url, MOUNT)
+        self.log.info(
+            "jupyter_llm_af: %s backend (%s API) at %s%s",
+            service.backend,
+            self.core.protocol,
+            self.serverapp.base_url,
+            MOUNT,
+        )
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(build_handlers("/" + MOUNT, JupyterAuthHandler, "Jupyter"))

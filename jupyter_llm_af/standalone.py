@@ -92,12 +92,15 @@ class ServeApp(Application):
     token_file = Unicode("", config=True, help="File with API tokens, one per line, 'token' or 'token user'.")
     config_file = Unicode("", config=True, help="Python config file (c.LLMService.... = ...).")
     hub = Bool(
-        False, config=True,
+        False,
+        config=True,
         help="Authenticate through JupyterHub (set automatically when $JUPYTERHUB_SERVICE_PREFIX is set).",
     )
     allow_no_auth = Bool(
-        False, config=True,
-        help="Serve without any token. Only for a backend bound to loopback inside a batch job; never a frontend.",
+        False,
+        config=True,
+        help="""Serve without any token. Only for a backend bound to loopback inside a batch job;
+        never a frontend.""",
     )
 
     aliases = {
@@ -113,7 +116,10 @@ class ServeApp(Application):
     }
     flags = {
         "hub": ({"ServeApp": {"hub": True}}, "Authenticate through JupyterHub."),
-        "allow-no-auth": ({"ServeApp": {"allow_no_auth": True}}, "Serve without tokens (loopback backends only)."),
+        "allow-no-auth": (
+            {"ServeApp": {"allow_no_auth": True}},
+            "Serve without tokens (loopback backends only).",
+        ),
     }
 
     def initialize(self, argv: list[str] | None = None) -> None:
@@ -178,8 +184,14 @@ class ServeApp(Application):
         server = HTTPServer(app, xheaders=False, max_body_size=core.cfg.max_body_size * 2)
         server.listen(self.port, self.ip)
         await core.start()
-        self.log.info("jupyter-llm-af %s: %s backend (%s API) on http://%s:%d/", __version__, core.cfg.backend,
-                      core.protocol, self.ip, self.port)
+        self.log.info(
+            "jupyter-llm-af %s: %s backend (%s API) on http://%s:%d/",
+            __version__,
+            core.cfg.backend,
+            core.protocol,
+            self.ip,
+            self.port,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -80,7 +80,9 @@ def _digest(name: str, size: int) -> str:
 class OpenAIToOllama:
     """Answers Ollama's ``/api/*`` by calling an OpenAI-compatible backend."""
 
-    def __init__(self, upstream: Upstream, model_meta: dict[str, ModelMeta] | None = None, cache_s: float = 5.0):
+    def __init__(
+        self, upstream: Upstream, model_meta: dict[str, ModelMeta] | None = None, cache_s: float = 5.0
+    ):
         self.upstream = upstream
         self.model_meta = model_meta or {}
         self._cache: tuple[float, str, list[BackendModel]] | None = None
@@ -248,7 +250,9 @@ class OpenAIToOllama:
         )
         resp = await self.upstream.send(req, stream=False)
         doc = _json_or_error(resp)
-        vectors = [d.get("embedding", []) for d in sorted(doc.get("data", []), key=lambda d: d.get("index", 0))]
+        vectors = [
+            d.get("embedding", []) for d in sorted(doc.get("data", []), key=lambda d: d.get("index", 0))
+        ]
         if legacy:
             return {"embedding": vectors[0] if vectors else []}
         total = time.monotonic_ns() - start
@@ -276,7 +280,10 @@ class OpenAIToOllama:
         if fmt == "json":
             payload["response_format"] = {"type": "json_object"}
         elif isinstance(fmt, dict):
-            payload["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt}}
+            payload["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": fmt},
+            }
         elif fmt not in (None, ""):
             raise OllamaError(400, f"invalid format: {fmt!r}")
         return payload
@@ -287,13 +294,18 @@ class OpenAIToOllama:
         if m.router:
             action = "/models/unload" if unload else "/models/load"
             req = self.upstream.build_request(
-                "POST", base_url, action, json.dumps({"model": m.backend_id}).encode(),
+                "POST",
+                base_url,
+                action,
+                json.dumps({"model": m.backend_id}).encode(),
                 {"content-type": "application/json"},
             )
             resp = await self.upstream.send(req, stream=False)
             # "already loaded"/"not loaded" answers are fine: the end state is what was asked
             if resp.status_code >= 500:
-                raise OllamaError(500, f"could not {'unload' if unload else 'load'} {m.name}: {resp.text[:200]}")
+                raise OllamaError(
+                    500, f"could not {'unload' if unload else 'load'} {m.name}: {resp.text[:200]}"
+                )
             self.invalidate()
         out: dict[str, Any] = {"model": m.name, "created_at": now_rfc3339()}
         if field_name == "message":
@@ -315,13 +327,18 @@ class OpenAIToOllama:
             resp = await self.upstream.send(req, stream=False)
             doc = _json_or_error(resp)
             choice = (doc.get("choices") or [{}])[0]
-            out = self._chunk(m, field_name, _choice_text(choice, path), _tool_calls(choice.get("message") or {}))
+            out = self._chunk(
+                m, field_name, _choice_text(choice, path), _tool_calls(choice.get("message") or {})
+            )
             out.update(self._final_stats(doc, choice.get("finish_reason"), start_ns, None))
             return False, out
         payload["stream"] = True
         payload["stream_options"] = {"include_usage": True}
         req = self.upstream.build_request(
-            "POST", base_url, path, json.dumps(payload).encode(),
+            "POST",
+            base_url,
+            path,
+            json.dumps(payload).encode(),
             {"content-type": "application/json", "accept": "text/event-stream"},
         )
         resp = await self.upstream.send(req, stream=True)
@@ -455,8 +472,12 @@ def _tool_calls(message: dict) -> list | None:
     if not calls:
         return None
     return [
-        {"function": {"name": (c.get("function") or {}).get("name", ""),
-                      "arguments": _parse_args((c.get("function") or {}).get("arguments"))}}
+        {
+            "function": {
+                "name": (c.get("function") or {}).get("name", ""),
+                "arguments": _parse_args((c.get("function") or {}).get("arguments")),
+            }
+        }
         for c in calls
     ]
 

@@ -54,13 +54,21 @@ class Proc:
 
 
 def start_process(
-    args: list[str], ready_url: str, headers: dict | None = None, env: dict | None = None,
-    timeout: float = 60, ok=(200,),
+    args: list[str],
+    ready_url: str,
+    headers: dict | None = None,
+    env: dict | None = None,
+    timeout: float = 60,
+    ok=(200,),
 ) -> Proc:
     fd, log_path = tempfile.mkstemp(prefix="llm-af-test-", suffix=".log")
     with os.fdopen(fd, "wb") as log:
         popen = subprocess.Popen(
-            args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            args,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
         )
     proc = Proc(popen, ready_url.rstrip("/"), log_path)
@@ -94,7 +102,9 @@ def start_standalone(*extra: str, token: str = TOKEN, timeout: float = 60) -> Pr
     port = free_port()
     proc = start_process(
         [PY, "-m", "jupyter_llm_af", "serve", "--port", str(port), "--token", token, *extra],
-        f"http://127.0.0.1:{port}/", headers=auth(token), timeout=timeout,
+        f"http://127.0.0.1:{port}/",
+        headers=auth(token),
+        timeout=timeout,
     )
     return proc
 
@@ -102,12 +112,28 @@ def start_standalone(*extra: str, token: str = TOKEN, timeout: float = 60) -> Pr
 def start_jupyter_server(*extra: str, token: str = TOKEN, timeout: float = 90) -> Proc:
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="llm-af-jupyter-")
-    env = {"JUPYTER_CONFIG_DIR": f"{tmp}/config", "JUPYTER_RUNTIME_DIR": f"{tmp}/runtime",
-           "JUPYTER_DATA_DIR": f"{tmp}/data"}
+    env = {
+        "JUPYTER_CONFIG_DIR": f"{tmp}/config",
+        "JUPYTER_RUNTIME_DIR": f"{tmp}/runtime",
+        "JUPYTER_DATA_DIR": f"{tmp}/data",
+    }
     proc = start_process(
-        [PY, "-m", "jupyter_server", "--no-browser", "--allow-root", f"--port={port}", "--ip=127.0.0.1",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp}", *extra],
-        f"http://127.0.0.1:{port}/llm/", headers=auth(token), env=env, timeout=timeout,
+        [
+            PY,
+            "-m",
+            "jupyter_server",
+            "--no-browser",
+            "--allow-root",
+            f"--port={port}",
+            "--ip=127.0.0.1",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={tmp}",
+            *extra,
+        ],
+        f"http://127.0.0.1:{port}/llm/",
+        headers=auth(token),
+        env=env,
+        timeout=timeout,
     )
     proc.extra["base"] = f"http://127.0.0.1:{port}/"
     return proc
@@ -131,7 +157,9 @@ def native_service(ollama_double: Proc) -> Iterator[Proc]:
 @pytest.fixture(scope="session")
 def native_jupyter(ollama_double: Proc) -> Iterator[Proc]:
     """A real Jupyter server with the extension, backend = the Ollama double."""
-    proc = start_jupyter_server("--LLMService.backend=upstream", f"--LLMService.upstream_url={ollama_double.url}")
+    proc = start_jupyter_server(
+        "--LLMService.backend=upstream", f"--LLMService.upstream_url={ollama_double.url}"
+    )
     yield proc
     proc.stop()
 

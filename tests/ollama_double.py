@@ -69,10 +69,19 @@ class Root(Base):
 def model_entry(name: str, size: int) -> dict:
     family = name.split(":")[0]
     return {
-        "name": name, "model": name, "modified_at": now(), "size": size,
+        "name": name,
+        "model": name,
+        "modified_at": now(),
+        "size": size,
         "digest": f"{abs(hash(name)) % (1 << 64):064x}",
-        "details": {"parent_model": "", "format": "gguf", "family": family, "families": [family],
-                    "parameter_size": name.split(":")[-1].upper(), "quantization_level": "Q4_K_M"},
+        "details": {
+            "parent_model": "",
+            "format": "gguf",
+            "family": family,
+            "families": [family],
+            "parameter_size": name.split(":")[-1].upper(),
+            "quantization_level": "Q4_K_M",
+        },
     }
 
 
@@ -86,8 +95,15 @@ class Ps(Base):
         out = []
         for name, at in self.settings["loaded"].items():
             e = model_entry(name, self.models[name])
-            e.update({"expires_at": datetime.fromtimestamp(at + 300, timezone.utc).isoformat().replace("+00:00", "Z"),
-                      "size_vram": self.models[name], "context_length": 4096})
+            e.update(
+                {
+                    "expires_at": datetime.fromtimestamp(at + 300, timezone.utc)
+                    .isoformat()
+                    .replace("+00:00", "Z"),
+                    "size_vram": self.models[name],
+                    "context_length": 4096,
+                }
+            )
             out.append(e)
         self.finish({"models": out})
 
@@ -103,9 +119,17 @@ class Show(Base):
         if doc is None or (name := self.check_model(doc)) is None:
             return
         e = model_entry(name, self.models[name])
-        self.finish({"modelfile": f"FROM {name}", "parameters": "", "template": "{{ .Prompt }}",
-                     "details": e["details"], "model_info": {"general.architecture": e["details"]["family"]},
-                     "capabilities": ["completion"], "modified_at": e["modified_at"]})
+        self.finish(
+            {
+                "modelfile": f"FROM {name}",
+                "parameters": "",
+                "template": "{{ .Prompt }}",
+                "details": e["details"],
+                "model_info": {"general.architecture": e["details"]["family"]},
+                "capabilities": ["completion"],
+                "modified_at": e["modified_at"],
+            }
+        )
 
 
 class Generate(Base):
@@ -147,17 +171,30 @@ class Generate(Base):
 
     def piece(self, name: str, text: str) -> dict:
         if self.field == "message":
-            return {"model": name, "created_at": now(), "message": {"role": "assistant", "content": text},
-                    "done": False}
+            return {
+                "model": name,
+                "created_at": now(),
+                "message": {"role": "assistant", "content": text},
+                "done": False,
+            }
         return {"model": name, "created_at": now(), "response": text, "done": False}
 
     def final(self, name: str, start: int, first: int | None, prompt_n: int, n: int) -> dict:
         total = time.monotonic_ns() - start
         prompt_ns = (first or start) - start
         out = self.piece(name, "")
-        out.update({"done": True, "done_reason": "length" if n >= 8 else "stop", "total_duration": total,
-                    "load_duration": 1000, "prompt_eval_count": prompt_n, "prompt_eval_duration": prompt_ns,
-                    "eval_count": n, "eval_duration": total - prompt_ns})
+        out.update(
+            {
+                "done": True,
+                "done_reason": "length" if n >= 8 else "stop",
+                "total_duration": total,
+                "load_duration": 1000,
+                "prompt_eval_count": prompt_n,
+                "prompt_eval_duration": prompt_ns,
+                "eval_count": n,
+                "eval_duration": total - prompt_ns,
+            }
+        )
         if self.field == "response":
             out["context"] = [1, 2, 3]
         return out
@@ -175,8 +212,15 @@ class Embed(Base):
         inputs = doc.get("input")
         inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
         vecs = [[((len(t) + i) % 7) / 7.0 for i in range(8)] for t in inputs]
-        self.finish({"model": name, "embeddings": vecs, "total_duration": 1000, "load_duration": 0,
-                     "prompt_eval_count": sum(len(t.split()) for t in inputs)})
+        self.finish(
+            {
+                "model": name,
+                "embeddings": vecs,
+                "total_duration": 1000,
+                "load_duration": 0,
+                "prompt_eval_count": sum(len(t.split()) for t in inputs),
+            }
+        )
 
 
 class Embeddings(Base):
@@ -195,8 +239,16 @@ class OpenAIChat(Base):
         name = doc.get("model", "")
         if name not in self.models:
             self.set_status(404)
-            self.finish({"error": {"message": f"model '{name}' not found", "type": "api_error", "param": None,
-                                   "code": None}})
+            self.finish(
+                {
+                    "error": {
+                        "message": f"model '{name}' not found",
+                        "type": "api_error",
+                        "param": None,
+                        "code": None,
+                    }
+                }
+            )
             return
         n = int(doc.get("max_tokens") or 8)
         tokens = [WORDS[i % len(WORDS)] + " " for i in range(max(1, min(n, 64)))]
@@ -204,35 +256,83 @@ class OpenAIChat(Base):
             self.set_header("Content-Type", "text/event-stream")
             for i, tok in enumerate(tokens):
                 await asyncio.sleep(self.settings["delay"])
-                chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": int(time.time()),
-                         "model": name, "choices": [{"index": 0, "delta": {"role": "assistant", "content": tok}
-                                                     if i == 0 else {"content": tok}, "finish_reason": None}]}
+                chunk = {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion.chunk",
+                    "created": int(time.time()),
+                    "model": name,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": {"role": "assistant", "content": tok} if i == 0 else {"content": tok},
+                            "finish_reason": None,
+                        }
+                    ],
+                }
                 self.write(f"data: {json.dumps(chunk)}\n\n")
                 await self.flush()
-            end = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": int(time.time()), "model": name,
-                   "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}
+            end = {
+                "id": "chatcmpl-1",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": name,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
+            }
             self.finish(f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n")
             return
-        self.finish({"id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()), "model": name,
-                     "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(tokens)},
-                                  "finish_reason": "length"}],
-                     "usage": {"prompt_tokens": 5, "completion_tokens": len(tokens), "total_tokens": 5 + len(tokens)}})
+        self.finish(
+            {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": name,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(tokens)},
+                        "finish_reason": "length",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": 5,
+                    "completion_tokens": len(tokens),
+                    "total_tokens": 5 + len(tokens),
+                },
+            }
+        )
 
 
 class OpenAIModels(Base):
     def get(self) -> None:
-        self.finish({"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "library"}
-                                                for n in self.models]})
+        self.finish(
+            {
+                "object": "list",
+                "data": [
+                    {"id": n, "object": "model", "created": 0, "owned_by": "library"} for n in self.models
+                ],
+            }
+        )
 
 
 def make_app(models: dict[str, int], delay: float) -> web.Application:
     return web.Application(
         [
-            (r"/", Root), (r"/api/tags", Tags), (r"/api/ps", Ps), (r"/api/version", Version), (r"/api/show", Show),
-            (r"/api/generate", Generate), (r"/api/chat", Chat), (r"/api/embed", Embed),
-            (r"/api/embeddings", Embeddings), (r"/v1/chat/completions", OpenAIChat), (r"/v1/models", OpenAIModels),
+            (r"/", Root),
+            (r"/api/tags", Tags),
+            (r"/api/ps", Ps),
+            (r"/api/version", Version),
+            (r"/api/show", Show),
+            (r"/api/generate", Generate),
+            (r"/api/chat", Chat),
+            (r"/api/embed", Embed),
+            (r"/api/embeddings", Embeddings),
+            (r"/v1/chat/completions", OpenAIChat),
+            (r"/v1/models", OpenAIModels),
         ],
-        models=models, delay=delay, loaded={}, cancelled=[],
+        models=models,
+        delay=delay,
+        loaded={},
+        cancelled=[],
     )
 
 
@@ -241,7 +341,7 @@ async def serve(host: str, port: int, models: dict[str, int], delay: float, port
     server = app.listen(port, host)
     real_port = next(iter(server._sockets.values())).getsockname()[1]
     if port_file:
-        with open(port_file + ".tmp", "w") as f:
+        with open(port_file + ".tmp", "w") as f:  # noqa: ASYNC230 - once, at start
             f.write(str(real_port))
         os.replace(port_file + ".tmp", port_file)
     print(f"ollama double listening on {host}:{real_port}", flush=True)

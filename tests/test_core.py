@@ -39,10 +39,19 @@ def route_paths() -> list[str]:
 @pytest.mark.parametrize("method", ["GET", "POST", "HEAD", "DELETE"])
 def test_standalone_refuses_every_route_unauthenticated(native_service, method):
     for path in route_paths():
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "token " + TOKEN[:-1]},
-                        {"Cookie": "session=1"}):
-            r = httpx.request(method, native_service.url + path, headers=headers, content=b"{}" if method == "POST"
-                              else None, timeout=10)
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "token " + TOKEN[:-1]},
+            {"Cookie": "session=1"},
+        ):
+            r = httpx.request(
+                method,
+                native_service.url + path,
+                headers=headers,
+                content=b"{}" if method == "POST" else None,
+                timeout=10,
+            )
             assert r.status_code == 401, (method, path, headers, r.status_code)
             if method != "HEAD":
                 body = r.json()
@@ -55,8 +64,14 @@ def test_jupyter_refuses_every_route_unauthenticated(native_jupyter):
     for path in route_paths():
         for method in ("GET", "POST", "DELETE", "HEAD"):
             for headers in ({}, {"Authorization": "token wrong"}, {"Cookie": "username-127-0-0-1=x"}):
-                r = httpx.request(method, native_jupyter.url + path, headers=headers, timeout=10,
-                                  content=b"{}" if method == "POST" else None, follow_redirects=False)
+                r = httpx.request(
+                    method,
+                    native_jupyter.url + path,
+                    headers=headers,
+                    timeout=10,
+                    content=b"{}" if method == "POST" else None,
+                    follow_redirects=False,
+                )
                 assert r.status_code in (401, 403), (method, path, r.status_code)
                 assert "<html" not in r.text.lower()
 
@@ -78,15 +93,32 @@ def test_cookie_post_without_xsrf_is_refused(native_jupyter):
         r = c.post("/llm/api/chat", json={"model": "tiny:1b", "messages": [], "stream": False})
         assert r.status_code == 403 and "XSRF" in r.json()["error"]
         xsrf = c.cookies.get("_xsrf")
-        r = c.post("/llm/api/chat", json={"model": "tiny:1b", "messages": [{"role": "user", "content": "hi"}],
-                                          "stream": False}, headers={"X-XSRFToken": xsrf})
+        r = c.post(
+            "/llm/api/chat",
+            json={"model": "tiny:1b", "messages": [{"role": "user", "content": "hi"}], "stream": False},
+            headers={"X-XSRFToken": xsrf},
+        )
         assert r.status_code == 200 and r.json()["done"] is True
 
 
 def test_standalone_refuses_to_start_without_tokens(ollama_double, tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "jupyter_llm_af", "serve", "--port", "1", "--backend", "upstream", "--upstream-url",
-         ollama_double.url], capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "JUPYTER_LLM_AF_TOKEN"},
+        [
+            sys.executable,
+            "-m",
+            "jupyter_llm_af",
+            "serve",
+            "--port",
+            "1",
+            "--backend",
+            "upstream",
+            "--upstream-url",
+            ollama_double.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "JUPYTER_LLM_AF_TOKEN"},
     )
     assert r.returncode == 2 and "No API token" in r.stderr
 
@@ -101,10 +133,19 @@ def test_ollama_client(service_url):
     client = ollama.Client(host=service_url, headers=auth())
     names = [m.model for m in client.list().models]
     assert names == ["tiny:1b", "small:3b"]
-    reply = client.chat(model="tiny:1b", messages=[{"role": "user", "content": "hi"}], options={"num_predict": 4})
+    reply = client.chat(
+        model="tiny:1b", messages=[{"role": "user", "content": "hi"}], options={"num_predict": 4}
+    )
     assert reply.message.content.split() == ["The", "quick", "brown", "fox"] and reply.done_reason == "stop"
-    parts = [c.message.content for c in client.chat(model="tiny:1b", messages=[{"role": "user", "content": "x"}],
-                                                     stream=True, options={"num_predict": 5})]
+    parts = [
+        c.message.content
+        for c in client.chat(
+            model="tiny:1b",
+            messages=[{"role": "user", "content": "x"}],
+            stream=True,
+            options={"num_predict": 5},
+        )
+    ]
     assert len(parts) == 6 and "".join(parts).split() == ["The", "quick", "brown", "fox", "jumps"]
     gen = client.generate(model="small:3b", prompt="hello", options={"num_predict": 2})
     assert gen.response.strip() == "The quick" and gen.eval_count == 2
@@ -120,29 +161,60 @@ def test_ollama_client(service_url):
 def test_openai_client(service_url):
     client = openai.OpenAI(base_url=service_url + "/v1", api_key=TOKEN, max_retries=0)
     assert [m.id for m in client.models.list()] == ["tiny:1b", "small:3b"]
-    r = client.chat.completions.create(model="tiny:1b", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    r = client.chat.completions.create(
+        model="tiny:1b", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+    )
     assert r.choices[0].message.content.split() == ["The", "quick", "brown"]
-    chunks = list(client.chat.completions.create(model="tiny:1b", messages=[{"role": "user", "content": "hi"}],
-                                                 max_tokens=4, stream=True))
-    assert "".join(c.choices[0].delta.content or "" for c in chunks).split() == ["The", "quick", "brown", "fox"]
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny:1b", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks).split() == [
+        "The",
+        "quick",
+        "brown",
+        "fox",
+    ]
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
-    with pytest.raises(openai.AuthenticationError if "/llm" not in service_url else openai.PermissionDeniedError):
+    with pytest.raises(
+        openai.AuthenticationError if "/llm" not in service_url else openai.PermissionDeniedError
+    ):
         openai.OpenAI(base_url=service_url + "/v1", api_key="wrong", max_retries=0).models.list()
 
 
-@pytest.mark.skipif(not shutil.which("curl") or not shutil.which("jq"), reason="curl and jq are installed by CI")
+@pytest.mark.skipif(
+    not shutil.which("curl") or not shutil.which("jq"), reason="curl and jq are installed by CI"
+)
 def test_curl_commands_from_the_docs(service_url):
     for path in ("api/tags", "api/ps"):
         out = subprocess.run(
-            f"curl -s -H 'Authorization: Bearer {TOKEN}' {service_url}/{path} | jq '.[\"models\"][][\"name\"]'",
-            shell=True, capture_output=True, text=True, timeout=30, check=True,
+            f"curl -s -H 'Authorization: Bearer {TOKEN}' {service_url}/{path}"
+            " | jq '.[\"models\"][][\"name\"]'",
+            shell=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
         ).stdout.split()
         if path == "api/tags":
             assert out == ['"tiny:1b"', '"small:3b"']
-    out = subprocess.run(["curl", "-sN", "-H", f"Authorization: Bearer {TOKEN}", service_url + "/api/generate",
-                          "-d", '{"model": "tiny:1b", "prompt": "Why is the sky blue?", "options": {"num_predict": 3}}'],
-                         capture_output=True, text=True, timeout=30, check=True).stdout
+    out = subprocess.run(
+        [
+            "curl",
+            "-sN",
+            "-H",
+            f"Authorization: Bearer {TOKEN}",
+            service_url + "/api/generate",
+            "-d",
+            '{"model": "tiny:1b", "prompt": "Why is the sky blue?", "options": {"num_predict": 3}}',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
     lines = [json.loads(line) for line in out.splitlines()]
     assert [x["done"] for x in lines] == [False, False, False, True] and lines[-1]["eval_count"] == 3
 
@@ -151,7 +223,11 @@ def test_curl_commands_from_the_docs(service_url):
 def test_streaming_is_chunk_by_chunk(service_url):
     """Each token line arrives when the backend produces it (20 ms apart), not all at the end."""
     arrivals = []
-    body = {"model": "tiny:1b", "messages": [{"role": "user", "content": "x"}], "options": {"num_predict": 12}}
+    body = {
+        "model": "tiny:1b",
+        "messages": [{"role": "user", "content": "x"}],
+        "options": {"num_predict": 12},
+    }
     with httpx.stream("POST", service_url + "/api/chat", json=body, headers=auth(), timeout=30) as r:
         assert r.headers["content-type"].startswith("application/x-ndjson")
         for line in r.iter_lines():
@@ -166,7 +242,11 @@ def test_client_disconnect_cancels_upstream_and_frees_the_slot():
     double = start_double(delay=0.2)
     service = start_standalone("--backend", "upstream", "--upstream-url", double.url)
     try:
-        body = {"model": "tiny:1b", "messages": [{"role": "user", "content": "x"}], "options": {"num_predict": 60}}
+        body = {
+            "model": "tiny:1b",
+            "messages": [{"role": "user", "content": "x"}],
+            "options": {"num_predict": 60},
+        }
         with httpx.stream("POST", service.url + "/api/chat", json=body, headers=auth(), timeout=30) as r:
             lines = r.iter_lines()  # keep the iterator: dropping it closes the response
             next(lines)
@@ -218,7 +298,9 @@ def test_dead_backend_gives_502_that_says_what_is_down():
     try:
         r = httpx.post(service.url + "/api/chat", json={"model": "a", "messages": []}, headers=auth())
         assert r.status_code == 502 and "refused" in r.json()["error"]
-        r = httpx.post(service.url + "/v1/chat/completions", json={"model": "a", "messages": []}, headers=auth())
+        r = httpx.post(
+            service.url + "/v1/chat/completions", json={"model": "a", "messages": []}, headers=auth()
+        )
         assert r.status_code == 502 and r.json()["error"]["type"] == "server_error"
         st = httpx.get(service.url + "/backend/state", headers=auth()).json()
         assert st["healthy"] is False and st["state"] == "failed"
@@ -231,8 +313,10 @@ def raw_request(url: str, request_line: str, host: str = "127.0.0.1") -> tuple[i
     hostport = url.split("//", 1)[1].split("/", 1)[0]
     h, p = hostport.split(":")
     with socket.create_connection((h, int(p)), timeout=10) as s:
-        s.sendall(f"{request_line}\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
-                  .encode())
+        s.sendall(
+            f"{request_line}\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
         data = b""
         while chunk := s.recv(65536):
             data += chunk
@@ -268,8 +352,16 @@ def test_user_credentials_never_reach_the_backend():
     echo = start_header_echo()
     service = start_standalone("--backend", "upstream", "--upstream-url", echo.url)
     try:
-        r = httpx.post(service.url + "/api/chat", json={"model": "m", "messages": [], "stream": False},
-                       headers={**auth(), "Cookie": "secret=1", "X-Forwarded-For": "1.2.3.4", "Connection": "keep-alive"})
+        r = httpx.post(
+            service.url + "/api/chat",
+            json={"model": "m", "messages": [], "stream": False},
+            headers={
+                **auth(),
+                "Cookie": "secret=1",
+                "X-Forwarded-For": "1.2.3.4",
+                "Connection": "keep-alive",
+            },
+        )
         seen = {k.lower(): v for k, v in r.json()["headers"].items()}
         assert "authorization" not in seen and "cookie" not in seen and "x-forwarded-for" not in seen
         assert seen["host"] == echo.url.split("//")[1]

@@ -51,24 +51,32 @@ def test_ollama_chat_non_streaming_real_answer(client):
 
 
 def test_ollama_chat_streaming(client):
-    parts = list(client.chat(model="smollm2:135m", messages=CHAT, stream=True,
-                             options={"temperature": 0, "num_predict": 32}))
+    parts = list(
+        client.chat(
+            model="smollm2:135m", messages=CHAT, stream=True, options={"temperature": 0, "num_predict": 32}
+        )
+    )
     assert len(parts) > 3 and parts[-1].done and not any(p.done for p in parts[:-1])
     assert "Paris" in "".join(p.message.content for p in parts)
-    assert parts[-1].eval_count == len([p for p in parts[:-1] if p.message.content]) or parts[-1].eval_count > 0
+    assert (
+        parts[-1].eval_count == len([p for p in parts[:-1] if p.message.content]) or parts[-1].eval_count > 0
+    )
 
 
 def test_ollama_generate_and_options(client):
     r = client.generate(model="gemma3:270m", prompt="The sea is", options={"num_predict": 6, "seed": 1})
     assert r.done_reason == "length" and r.eval_count == 6 and r.response
-    again = client.generate(model="gemma3:270m", prompt="The sea is", options={"num_predict": 6, "seed": 1,
-                                                                              "temperature": 0})
+    again = client.generate(
+        model="gemma3:270m", prompt="The sea is", options={"num_predict": 6, "seed": 1, "temperature": 0}
+    )
     assert again.eval_count == 6
 
 
 def test_ollama_json_format(client):
     schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
-    r = client.chat(model="smollm2:135m", messages=CHAT, format=schema, options={"temperature": 0, "num_predict": 40})
+    r = client.chat(
+        model="smollm2:135m", messages=CHAT, format=schema, options={"temperature": 0, "num_predict": 40}
+    )
     assert "city" in json.loads(r.message.content)
 
 
@@ -95,8 +103,9 @@ def test_openai_client_pass_through(embedded_service):
     assert {"smollm2", "gemma3"} <= {m.id for m in c.models.list()}  # llama.cpp router ids
     r = c.chat.completions.create(model="smollm2:135m", messages=CHAT, temperature=0, max_tokens=32)
     assert "Paris" in r.choices[0].message.content
-    stream = c.chat.completions.create(model="smollm2:135m", messages=CHAT, temperature=0, max_tokens=32,
-                                       stream=True)
+    stream = c.chat.completions.create(
+        model="smollm2:135m", messages=CHAT, temperature=0, max_tokens=32, stream=True
+    )
     assert "Paris" in "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
     emb = c.embeddings.create(model="smollm2:135m", input="hello")
     assert len(emb.data[0].embedding) == 576
@@ -106,8 +115,14 @@ def test_openai_client_pass_through(embedded_service):
 
 def test_curl_docs_commands(embedded_service):
     out = subprocess.run(
-        f"curl -s -H 'Authorization: Bearer {TOKEN}' {embedded_service.url}/api/tags | jq -r '.[\"models\"][][\"name\"]'",
-        shell=True, capture_output=True, text=True, timeout=60, check=True).stdout.split()
+        f"curl -s -H 'Authorization: Bearer {TOKEN}' {embedded_service.url}/api/tags"
+        " | jq -r '.[\"models\"][][\"name\"]'",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
     assert "smollm2:135m" in out
 
 
@@ -123,8 +138,14 @@ def test_chained_native_front_in_front_of_translating_instance(embedded_service,
     front = start_standalone("--config", str(cfg), token="front-token")
     try:
         cl = ollama.Client(host=front.url, headers={"Authorization": "Bearer front-token"}, timeout=300)
-        parts = list(cl.chat(model="smollm2:135m", messages=CHAT, stream=True,
-                             options={"temperature": 0, "num_predict": 32}))
+        parts = list(
+            cl.chat(
+                model="smollm2:135m",
+                messages=CHAT,
+                stream=True,
+                options={"temperature": 0, "num_predict": 32},
+            )
+        )
         assert "Paris" in "".join(p.message.content for p in parts) and parts[-1].done
         assert "smollm2:135m" in [m.model for m in cl.list().models]
         st = httpx.get(front.url + "/backend/state", headers={"Authorization": "Bearer front-token"}).json()

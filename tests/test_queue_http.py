@@ -11,8 +11,14 @@ import pytest
 
 from .conftest import start_double, start_standalone
 
-USERS = {"alice": "tok-alice", "bob": "tok-bob", "carol": "tok-carol", "heavy": "tok-heavy", "light": "tok-light",
-         "admin": "tok-admin"}
+USERS = {
+    "alice": "tok-alice",
+    "bob": "tok-bob",
+    "carol": "tok-carol",
+    "heavy": "tok-heavy",
+    "light": "tok-light",
+    "admin": "tok-admin",
+}
 
 
 def hdr(user: str) -> dict[str, str]:
@@ -42,14 +48,20 @@ def limited(slow_double, tmp_path_factory):
         "c.LLMService.model_sizes_gb = {'llama3.3:70b': 42.5, 'small:3b': 3.3}\n"
         "c.LLMService.admin_users = ['admin']\n"
     )
-    svc = start_standalone("--config", str(d / "cfg.py"), "--token-file", str(d / "tokens"), token="tok-alice")
+    svc = start_standalone(
+        "--config", str(d / "cfg.py"), "--token-file", str(d / "tokens"), token="tok-alice"
+    )
     yield svc
     svc.stop()
 
 
 def chat_body(n: int = 10, model: str = "tiny:1b", stream: bool = True) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": "x"}], "options": {"num_predict": n},
-            "stream": stream}
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": "x"}],
+        "options": {"num_predict": n},
+        "stream": stream,
+    }
 
 
 async def totals(c: httpx.AsyncClient, url: str) -> dict:
@@ -69,6 +81,7 @@ async def wait_for(pred, timeout: float = 10) -> None:
 async def test_limits_give_429_then_503_with_retry_after(limited):
     url = limited.url
     async with httpx.AsyncClient(timeout=60) as c:
+
         async def post(user):
             return await c.post(url + "/api/chat", json=chat_body(20, stream=False), headers=hdr(user))
 
@@ -81,8 +94,11 @@ async def test_limits_give_429_then_503_with_retry_after(limited):
         assert "limit 2" in r.json()["error"]
         queued += [asyncio.create_task(post("bob")) for _ in range(2)]
         await wait_for(lambda: _is(c, url, waiting=4))
-        r = await c.post(url + "/v1/chat/completions", headers=hdr("carol"),
-                         json={"model": "tiny:1b", "messages": [{"role": "user", "content": "x"}]})
+        r = await c.post(
+            url + "/v1/chat/completions",
+            headers=hdr("carol"),
+            json={"model": "tiny:1b", "messages": [{"role": "user", "content": "x"}]},
+        )
         assert r.status_code == 503 and 1 <= int(r.headers["Retry-After"]) <= 60
         assert r.json()["error"]["type"] == "server_error" and "queue is full" in r.json()["error"]["message"]
         # my own view: positions, no other user's name
@@ -107,16 +123,27 @@ async def _is(c: httpx.AsyncClient, url: str, **want: int) -> bool:
 @pytest.mark.asyncio
 async def test_light_user_is_not_starved_by_a_heavy_one(slow_double, tmp_path):
     (tmp_path / "tokens").write_text("".join(f"{t} {u}\n" for u, t in USERS.items()))
-    svc = start_standalone("--backend", "upstream", "--upstream-url", slow_double.url, "--token-file",
-                           str(tmp_path / "tokens"), "--LLMService.max_concurrent=1", "--LLMService.max_queue_per_user=20",
-                           token="x")
+    svc = start_standalone(
+        "--backend",
+        "upstream",
+        "--upstream-url",
+        slow_double.url,
+        "--token-file",
+        str(tmp_path / "tokens"),
+        "--LLMService.max_concurrent=1",
+        "--LLMService.max_queue_per_user=20",
+        token="x",
+    )
     try:
         async with httpx.AsyncClient(timeout=120) as c:
             finished: list[tuple[str, float]] = []
 
             async def one(user: str) -> None:
-                r = await c.post(svc.url + "/api/generate", headers=hdr(user),
-                                 json={"model": "tiny:1b", "prompt": "x", "stream": False, "options": {"num_predict": 3}})
+                r = await c.post(
+                    svc.url + "/api/generate",
+                    headers=hdr(user),
+                    json={"model": "tiny:1b", "prompt": "x", "stream": False, "options": {"num_predict": 3}},
+                )
                 assert r.status_code == 200
                 finished.append((user, time.monotonic()))
 
@@ -138,11 +165,17 @@ async def test_light_user_is_not_starved_by_a_heavy_one(slow_double, tmp_path):
 async def test_queued_client_disconnect_leaves_the_queue(limited):
     url = limited.url
     async with httpx.AsyncClient(timeout=60) as c:
-        running = [asyncio.create_task(c.post(url + "/api/chat", json=chat_body(15, stream=False), headers=hdr("bob")))
-                   for _ in range(2)]
+        running = [
+            asyncio.create_task(
+                c.post(url + "/api/chat", json=chat_body(15, stream=False), headers=hdr("bob"))
+            )
+            for _ in range(2)
+        ]
         await wait_for(lambda: _is(c, url, running=2))
         async with httpx.AsyncClient(timeout=60) as quitter:
-            waiting = asyncio.create_task(quitter.post(url + "/api/chat", json=chat_body(), headers=hdr("carol")))
+            waiting = asyncio.create_task(
+                quitter.post(url + "/api/chat", json=chat_body(), headers=hdr("carol"))
+            )
             await wait_for(lambda: _is(c, url, waiting=1))
             waiting.cancel()
         await wait_for(lambda: _is(c, url, waiting=0), timeout=3)
@@ -151,13 +184,19 @@ async def test_queued_client_disconnect_leaves_the_queue(limited):
 
 
 def test_model_that_cannot_fit_is_refused_up_front(limited):
-    r = httpx.post(limited.url + "/api/chat", headers=hdr("alice"),
-                   json={"model": "llama3.3:70b", "messages": [{"role": "user", "content": "x"}]})
+    r = httpx.post(
+        limited.url + "/api/chat",
+        headers=hdr("alice"),
+        json={"model": "llama3.3:70b", "messages": [{"role": "user", "content": "x"}]},
+    )
     assert r.status_code == 400
     msg = r.json()["error"]
     assert "42.5 GB" in msg and "40 GB" in msg
-    r = httpx.post(limited.url + "/v1/chat/completions", headers=hdr("alice"),
-                   json={"model": "llama3.3:70b", "messages": [{"role": "user", "content": "x"}]})
+    r = httpx.post(
+        limited.url + "/v1/chat/completions",
+        headers=hdr("alice"),
+        json={"model": "llama3.3:70b", "messages": [{"role": "user", "content": "x"}]},
+    )
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
     assert r.json()["error"]["param"] == "model"
     st = httpx.get(limited.url + "/backend/state", headers=hdr("alice")).json()
@@ -166,17 +205,31 @@ def test_model_that_cannot_fit_is_refused_up_front(limited):
 
 
 def test_max_wait_gives_503_with_reason(slow_double, tmp_path):
-    svc = start_standalone("--backend", "upstream", "--upstream-url", slow_double.url,
-                           "--LLMService.max_concurrent=1", "--LLMService.max_wait=1.0", token="t1")
+    svc = start_standalone(
+        "--backend",
+        "upstream",
+        "--upstream-url",
+        slow_double.url,
+        "--LLMService.max_concurrent=1",
+        "--LLMService.max_wait=1.0",
+        token="t1",
+    )
     try:
         with httpx.Client(timeout=30) as c:
             import threading
 
-            long = threading.Thread(target=lambda: c.post(svc.url + "/api/chat", json=chat_body(40, stream=False),
-                                                           headers={"Authorization": "Bearer t1"}))
+            long = threading.Thread(
+                target=lambda: c.post(
+                    svc.url + "/api/chat",
+                    json=chat_body(40, stream=False),
+                    headers={"Authorization": "Bearer t1"},
+                )
+            )
             long.start()
             time.sleep(0.5)
-            r = c.post(svc.url + "/api/chat", json=chat_body(2, stream=False), headers={"Authorization": "Bearer t1"})
+            r = c.post(
+                svc.url + "/api/chat", json=chat_body(2, stream=False), headers={"Authorization": "Bearer t1"}
+            )
             assert r.status_code == 503 and "position 1" in r.json()["error"]
             assert 1 <= int(r.headers["Retry-After"]) <= 60
             long.join(30)

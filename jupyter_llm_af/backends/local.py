@@ -102,10 +102,14 @@ class LocalProcessBackend(Backend):
         argv = [a.replace("{port}", str(self.port)).replace("{host}", self.host) for a in self.command]
         env = {**os.environ, **self.env, "OLLAMA_HOST": f"{self.host}:{self.port}"}
         self.log_path = os.path.join(self.log_dir, f"jupyter-llm-af-local-{os.getpid()}-{self.port}.log")
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it after spawn
+        log = open(self.log_path, "ab")  # noqa: ASYNC230 - a local log file, opened once per start
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
                 start_new_session=True,  # own process group: we stop its children too
             )
         except OSError as e:

@@ -47,7 +47,9 @@ class UpstreamBackend(Backend):
         out: dict[str, Any] = {
             "kind": self.kind,
             "state": "ready" if healthy is not False else "failed",
-            "message": "Ready (site backend)" if healthy is not False else "The site's LLM backend is not answering",
+            "message": "Ready (site backend)"
+            if healthy is not False
+            else "The site's LLM backend is not answering",
             "job": None,
             "successor": None,
             "idle_s": round(time.monotonic() - self.last_activity, 1),
