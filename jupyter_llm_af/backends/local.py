@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -19,6 +20,16 @@ from typing import Any
 import httpx
 
 from .base import Backend, BackendUnavailable, Endpoint
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the service dies (even by SIGKILL), never orphaned."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -111,6 +122,7 @@ class LocalProcessBackend(Backend):
                 stderr=log,
                 env=env,
                 start_new_session=True,  # own process group: we stop its children too
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         except OSError as e:
             self._fail(f"cannot run {argv[0]}: {e}")
