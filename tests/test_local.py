@@ -28,7 +28,8 @@ def local_service(tmp_path):
     cfg = tmp_path / "cfg.py"
     cfg.write_text(
         "c.LLMService.backend = 'local'\n"
-        f"c.LLMService.local_command = [{sys.executable!r}, '-m', 'tests.ollama_double', '--port', '{{port}}']\n"
+        f"c.LLMService.local_command = [{sys.executable!r}, '-m', 'tests.ollama_double',"
+        " '--port', '{port}']\n"
         "c.LLMService.admin_users = ['user']\n"
     )
     svc = start_standalone("--config", str(cfg))
