@@ -7,6 +7,8 @@ Domain modules never import this: :func:`jupyter_llm_af.service.build_service` r
 
 from __future__ import annotations
 
+import os
+
 from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default
 from traitlets.config import Configurable
 
@@ -44,13 +46,22 @@ class LLMService(Configurable):
 
     # -- backend --------------------------------------------------------------------------
     backend = Enum(
-        ["local", "upstream", "slurm"],
-        default_value="local",
+        ["local", "upstream", "slurm", "relay"],
         config=True,
         help="""Which launcher provides the inference backend:
         'local' runs a process on this machine (``ollama serve`` if on PATH, else the embedded
         llama.cpp server with a small model), 'upstream' proxies a fixed URL (``upstream_url``),
-        'slurm' submits a batch job on demand (see the ``slurm_*`` settings).""",
+        'slurm' submits a batch job on demand (see the ``slurm_*`` settings), 'relay' forwards
+        everything — state and queue included — to a shared jupyter_llm_af service (one for a whole
+        JupyterHub) at ``upstream_url``, as the user (token: ``relay_token``).
+        Default: 'relay' when $JUPYTER_LLM_AF_SHARED_URL is set (a hub admin sets it in
+        ``c.Spawner.environment``), else 'local'.""",
+    )
+    relay_token = Unicode(
+        "",
+        config=True,
+        help="""Token sent to the shared service by backend='relay'. Empty: $JUPYTERHUB_API_TOKEN
+        (the single-user server's own hub token, which identifies its user).""",
     )
     backend_protocol = Enum(
         ["auto", "ollama", "openai"],
@@ -62,7 +73,6 @@ class LLMService(Configurable):
         server, 'ollama' otherwise.""",
     )
     upstream_url = Unicode(
-        "",
         config=True,
         help="Base URL of the backend for backend='upstream', e.g. http://gpu017:11434.",
     )
@@ -290,6 +300,14 @@ class LLMService(Configurable):
         config=True,
         help="After a rejected sbatch, seconds before a request may trigger another submission.",
     )
+
+    @default("backend")
+    def _default_backend(self) -> str:
+        return "relay" if os.environ.get("JUPYTER_LLM_AF_SHARED_URL") else "local"
+
+    @default("upstream_url")
+    def _default_upstream_url(self) -> str:
+        return os.environ.get("JUPYTER_LLM_AF_SHARED_URL", "")
 
     @default("admin_users")
     def _default_admins(self) -> list[str]:

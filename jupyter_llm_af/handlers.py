@@ -196,6 +196,12 @@ class LLMHandlerMixin:
         with contextlib.suppress(Exception):
             self.request.connection.stream.set_nodelay(True)  # type: ignore[attr-defined]
 
+    async def relay(self, method: str, path: str) -> None:
+        status, doc = await self.core.relay_json(method, path)
+        if isinstance(doc, dict) and path == "/backend/state":
+            doc["relay"] = True  # this server relays to one shared service
+        self.write_json(doc, status)
+
     # -- the forwarding paths ---------------------------------------------------------------
     async def forward(self, path: str, method: str, body: dict[str, Any] | None) -> None:
         """An inference or read request: admission, backend lease, pass-through or translation."""
@@ -434,6 +440,8 @@ class StateMixin(LLMHandlerMixin):
 
     @web.authenticated
     async def get(self) -> None:
+        if self.core.relay:
+            return await self.run_guarded(self.relay("GET", "/backend/state"))
         user, admin = self.llm_identity()
         self.write_json(await self.core.state(user, admin))
 
@@ -443,6 +451,8 @@ class ControlMixin(LLMHandlerMixin):
 
     @web.authenticated
     async def post(self, action: str) -> None:
+        if self.core.relay:  # the shared service decides who is an admin
+            return await self.run_guarded(self.relay("POST", f"/backend/{action}"))
         user, admin = self.llm_identity()
         if not admin:
             return self.send_error_body(
@@ -462,6 +472,8 @@ class QueueMixin(LLMHandlerMixin):
 
     @web.authenticated
     async def get(self) -> None:
+        if self.core.relay:
+            return await self.run_guarded(self.relay("GET", "/queue"))
         user, admin = self.llm_identity()
         self.write_json(self.core.admission.snapshot(user, admin))
 

@@ -48,7 +48,15 @@ class LLMCore:
             self.backend = UnconfiguredBackend(str(e))
         if cfg.backend_protocol != "auto":
             self.protocol = cfg.backend_protocol
-        self.upstream = Upstream(cfg.connect_timeout, cfg.read_timeout, cfg.upstream_headers)
+        headers = dict(cfg.upstream_headers)
+        self.relay = cfg.backend == "relay"
+        if self.relay:
+            # the shared service identifies the user by this token (a hub token names its user)
+            token = cfg.relay_token or os.environ.get("JUPYTERHUB_API_TOKEN", "")
+            if token:
+                headers.setdefault("Authorization", f"token {token}")
+            self.parallelism = 1024  # the shared service queues; no second queue here
+        self.upstream = Upstream(cfg.connect_timeout, cfg.read_timeout, headers)
         self.translator = OpenAIToOllama(self.upstream, model_meta)
         self.admission = Admission(
             cfg.max_concurrent or self.parallelism, cfg.max_queue, cfg.max_queue_per_user
@@ -60,10 +68,15 @@ class LLMCore:
     # -- construction ---------------------------------------------------------------------
     def _build_backend(self, model_meta: dict) -> Backend:
         cfg = self.cfg
-        if cfg.backend == "upstream":
+        if cfg.backend in ("upstream", "relay"):
             if not cfg.upstream_url:
-                raise ConfigError("backend='upstream' needs LLMService.upstream_url (or --upstream-url)")
-            return UpstreamBackend(cfg.upstream_url)
+                raise ConfigError(
+                    f"backend='{cfg.backend}' needs LLMService.upstream_url (or --upstream-url)"
+                )
+            backend = UpstreamBackend(cfg.upstream_url)
+            if cfg.backend == "relay":
+                backend.kind = "relay"
+            return backend
         if cfg.backend == "slurm":
             from .backends.slurm import SlurmBackend
 
@@ -168,6 +181,18 @@ class LLMCore:
             n: modelfit.model_size_gb(n, self.cfg.model_sizes_gb, self._sizes_bytes.get(n)) for n in names
         }
         return modelfit.fits_together(sizes, gpu)
+
+    async def relay_json(self, method: str, path: str) -> tuple[int, Any]:
+        """backend='relay': ask the shared service (as this user) for its state/queue/control."""
+        url = self.cfg.upstream_url
+        req = self.upstream.build_request(
+            method, url, path, b"" if method == "POST" else None, {"content-type": "application/json"}
+        )
+        resp = await self.upstream.send(req, stream=False)
+        try:
+            return resp.status_code, resp.json()
+        except ValueError:
+            return 502, {"error": f"the shared service answered {resp.status_code} to {path}"}
 
     async def state(self, user: str, admin: bool) -> dict[str, Any]:
         backend = self.backend
