@@ -28,8 +28,13 @@ from tests.conftest import PY, ROOT, TOKEN, Proc, auth, free_port, start_process
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 BUILD = ROOT / "jupyter_llm_af" / "labextension"
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
@@ -43,7 +48,9 @@ def start_lab(llm_config: dict[str, Any], timeout: float = 90) -> Proc:
     ``llm_config`` is the ``LLMService`` section of its config file.
     """
     if not (BUILD / "static" / "style.js").exists():
-        pytest.fail(f"labextension not built ({BUILD} missing): cd labextension && jlpm install && jlpm build:prod")
+        pytest.fail(
+            f"labextension not built ({BUILD} missing): cd labextension && jlpm install && jlpm build:prod"
+        )
     tmp = Path(tempfile.mkdtemp(prefix="llm-af-lab-"))
     config_dir = tmp / "config"
     config_dir.mkdir()
@@ -53,7 +60,9 @@ def start_lab(llm_config: dict[str, Any], timeout: float = 90) -> Proc:
     settings = tmp / "settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     # no "get notified about Jupyter news?" toast over the screenshots
-    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    (settings / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
     # this checkout's build first: Lab takes the first labextension of a name it finds
     labextensions = tmp / "path" / "labextensions"
     labextensions.mkdir(parents=True)
@@ -69,9 +78,22 @@ def start_lab(llm_config: dict[str, Any], timeout: float = 90) -> Proc:
     }
     port = free_port()
     proc = start_process(
-        [PY, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True"],
-        f"http://127.0.0.1:{port}/api/status", headers=auth(), env=env, timeout=timeout,
+        [
+            PY,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--allow-root",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            f"--IdentityProvider.token={TOKEN}",
+            f"--ServerApp.root_dir={root}",
+            "--LabApp.expose_app_in_browser=True",
+        ],
+        f"http://127.0.0.1:{port}/api/status",
+        headers=auth(),
+        env=env,
+        timeout=timeout,
     )
     proc.extra.update(base=f"http://127.0.0.1:{port}/", tmp=tmp)
     return proc
@@ -111,7 +133,8 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def new_page(browser: Any) -> Iterator[Callable[[Proc], Any]]:
-    """``new_page(lab)``: a fresh browser context showing Lab (Launcher rendered), console errors collected."""
+    """``new_page(lab)``: a fresh browser context showing Lab (Launcher rendered); console errors
+    are collected in ``page.console_errors``."""
     contexts = []
 
     def open_lab(lab: Proc) -> Any:

@@ -71,7 +71,10 @@ def test_panel_opens_from_sidebar_with_state_and_models(new_page, lab: Proc) -> 
 
 def test_command_palette_shows_panel(new_page, lab: Proc) -> None:
     page = new_page(lab)
-    assert page.evaluate("window.jupyterapp.commands.label('jupyter-llm-af:show-panel')") == "Show LLM service panel"
+    assert (
+        page.evaluate("window.jupyterapp.commands.label('jupyter-llm-af:show-panel')")
+        == "Show LLM service panel"
+    )
     expect(page.locator(PANEL)).to_be_hidden()
     page.keyboard.press("Control+Shift+C")
     page.locator(".lm-CommandPalette-input").fill("Show LLM service")
@@ -95,7 +98,9 @@ def test_copy_menu_copies_snippets(new_page, lab: Proc) -> None:
         menu.locator(".lm-Menu-item", has_text=label).click()
         expect(menu).to_have_count(0)
         assert fragment in page.evaluate("navigator.clipboard.readText()")
-    expect(page.locator(".Toastify").get_by_text("Copied the Ollama client (Python) snippet for tiny:1b")).to_be_visible()
+    expect(
+        page.locator(".Toastify").get_by_text("Copied the Ollama client (Python) snippet for tiny:1b")
+    ).to_be_visible()
 
 
 def test_queued_requests_show_positions_and_the_loaded_model(new_page, lab: Proc) -> None:
@@ -114,12 +119,16 @@ def test_queued_requests_show_positions_and_the_loaded_model(new_page, lab: Proc
         }"""
     )
     mine = panel.get_by_test_id("llm-queue-mine")
-    expect(mine.locator('li[data-state="waiting"]')).to_contain_text("tiny:1b: waiting, position 1 (", timeout=10_000)
+    expect(mine.locator('li[data-state="waiting"]')).to_contain_text(
+        "tiny:1b: waiting, position 1 (", timeout=10_000
+    )
     expect(mine.locator('li[data-state="running"]')).to_contain_text("tiny:1b: running")
     expect(panel.get_by_test_id("llm-queue-totals")).to_have_text("1 running of 1 slots, 1 waiting (1 user)")
     running = panel.locator('[data-testid="llm-running"] li[data-model="tiny:1b"]')
     expect(running).to_contain_text(re.compile(r"1\.0 GB in GPU memory, context 4096, expires in [45] min"))
-    expect(panel.locator('[data-testid="llm-models"] li[data-model="tiny:1b"] .jp-LLMPanel-badge')).to_have_text("loaded")
+    expect(
+        panel.locator('[data-testid="llm-models"] li[data-model="tiny:1b"] .jp-LLMPanel-badge')
+    ).to_have_text("loaded")
     screenshot(page, "panel-queue-light")
 
     # A request by someone else (a token without the browser's cookie is another, anonymous user):
@@ -130,15 +139,21 @@ def test_queued_requests_show_positions_and_the_loaded_model(new_page, lab: Proc
             status=httpx.post(
                 f"{lab.extra['base']}llm/api/chat",
                 headers=auth(),
-                json={"model": "tiny:1b", "stream": False, "options": {"num_predict": 1},
-                      "messages": [{"role": "user", "content": "hi"}]},
+                json={
+                    "model": "tiny:1b",
+                    "stream": False,
+                    "options": {"num_predict": 1},
+                    "messages": [{"role": "user", "content": "hi"}],
+                },
                 timeout=60,
             ).status_code
         )
     )
     thread.start()
     others = panel.get_by_test_id("llm-queue-others")
-    expect(others.locator('li[data-state="waiting"]')).to_contain_text(re.compile(r"^[^,]+, tiny:1b: waiting, position \d"))
+    expect(others.locator('li[data-state="waiting"]')).to_contain_text(
+        re.compile(r"^[^,]+, tiny:1b: waiting, position \d")
+    )
 
     assert page.evaluate("Promise.all(window.__llmRequests)") == [200, 200]
     thread.join(30)
@@ -160,7 +175,9 @@ def test_errors_are_shown(new_page, lab: Proc) -> None:
         page.unroute(route)
         page.route(
             route,
-            lambda route: route.fulfill(status=status, content_type="application/json", body=json.dumps(body)),
+            lambda route: route.fulfill(
+                status=status, content_type="application/json", body=json.dumps(body)
+            ),
         )
         panel.get_by_test_id("llm-refresh").click()
 

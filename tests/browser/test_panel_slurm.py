@@ -5,7 +5,7 @@ started here when root). The job runs the Ollama test double on 127.0.0.1."""
 from __future__ import annotations
 
 import re
-import tempfile
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -32,12 +32,12 @@ def job_name() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def lab(job_name: str) -> Iterator[Proc]:
+def lab(job_name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     proc = start_lab(
         {
             "backend": "slurm",
             "slurm_job_name": job_name,
-            "slurm_state_dir": tempfile.mkdtemp(prefix="llm-af-slurm-"),
+            "slurm_state_dir": str(tmp_path_factory.mktemp("slurm-state")),
             "slurm_backend_command": sh.backend_command(),
             "slurm_backend_env": {"PYTHONPATH": str(ROOT), "JUPYTER_LLM_AF_HOST": "127.0.0.1"},
             "slurm_gres": "gpu:1",
@@ -52,6 +52,10 @@ def lab(job_name: str) -> Iterator[Proc]:
 def test_pending_job_turns_ready_then_stops(new_page, lab: Proc, job_name: str) -> None:
     holder = sh.sbatch_wrap(f"{job_name}-holder", "sleep 300", "--gres=gpu:1", "--time=5")
     try:
+        deadline = time.monotonic() + 60
+        while sh.job_state(holder) != "RUNNING":  # the GPU is taken: our job will pend
+            assert time.monotonic() < deadline, "GPU holder job did not start"
+            time.sleep(0.2)
         page = new_page(lab)
         panel = open_panel(page)
         state = panel.get_by_test_id("llm-state")
@@ -64,7 +68,9 @@ def test_pending_job_turns_ready_then_stops(new_page, lab: Proc, job_name: str) 
 
         start.click()
         expect(state).to_have_attribute("data-state", "pending", timeout=20_000)
-        expect(state).to_have_text(re.compile(r"^Waiting for a GPU: job \d+ pending \((Resources|Priority)\)"))
+        expect(state).to_have_text(
+            re.compile(r"^Waiting for a GPU: job \d+ pending \((Resources|Priority)\)")
+        )
         job = panel.get_by_test_id("llm-job")
         expect(job).to_contain_text(re.compile(r"Job\d+ \(pending\)Reason(Resources|Priority)"))
         expect(start).to_be_disabled()
@@ -75,7 +81,9 @@ def test_pending_job_turns_ready_then_stops(new_page, lab: Proc, job_name: str) 
         sh.cancel_named(f"{job_name}-holder")  # the GPU frees: our job starts
         expect(state).to_have_attribute("data-state", "ready", timeout=90_000)
         expect(state).to_have_text(re.compile(r"^Ready on node \S+, \d+ (s|min) left$"))
-        expect(job).to_contain_text(re.compile(r"\(running\)Node\S+Started\d\d:\d\dTime left\d+ (s|min) of 5 min"))
+        expect(job).to_contain_text(
+            re.compile(r"\(running\)Node\S+Started\d\d:\d\dTime left\d+ (s|min) of 5 min")
+        )
         expect(panel.locator('[data-testid="llm-models"] li')).to_have_count(2)
         expect(panel.get_by_test_id("llm-running")).to_contain_text("No model loaded.")
         screenshot(page, "panel-slurm-ready-light")
