@@ -64,7 +64,13 @@ def hub_auth_base() -> type:
     from jupyterhub.services.auth import HubOAuthenticated
 
     class HubAuthHandler(HubOAuthenticated, web.RequestHandler):
-        def prepare(self) -> Any:
+        async def prepare(self) -> Any:
+            # Ask the hub without blocking the IOLoop (get_current_user would do it synchronously).
+            user_model = await self.hub_auth.get_user(self, sync=False)
+            try:
+                self._hub_auth_user_cache = self.check_hub_user(user_model) if user_model else None
+            except Exception:  # UserNotAllowed: a hub user without access to this service
+                self._hub_auth_user_cache = None
             if not self.current_user:
                 raise web.HTTPError(401 if self.request.headers.get("Authorization") is None else 403)
 
