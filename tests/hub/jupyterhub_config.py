@@ -8,7 +8,6 @@ environment (tests/hub_helpers.py picks free loopback ports).
 """
 
 import os
-import shutil
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -43,14 +42,10 @@ c.Spawner.cmd = [os.path.join(BIN, "jupyterhub-singleuser")]
 c.Spawner.args = ["--allow-root"]
 c.Spawner.start_timeout = 60
 c.Spawner.http_timeout = 60
-# a copy: Jupyter may write into its config dir, the repository stays clean
-SINGLEUSER_CONFIG = os.path.join(STATE, "singleuser-config")
-os.makedirs(SINGLEUSER_CONFIG, exist_ok=True)
-shutil.copy(os.path.join(HERE, "singleuser", "jupyter_server_config.py"), SINGLEUSER_CONFIG)
 c.Spawner.environment = {
-    # the single-user server's extension relays to the shared service (through the proxy)
-    "JUPYTER_CONFIG_DIR": SINGLEUSER_CONFIG,
-    "LLM_TEST_SERVICE_URL": PUBLIC + "/services/llm",
+    # zero-config relay: each single-user server's extension forwards to the one shared service
+    # (through the proxy), as its user, with the server's own $JUPYTERHUB_API_TOKEN
+    "JUPYTER_LLM_AF_SHARED_URL": PUBLIC + "/services/llm",
 }
 
 # the README's section "One shared service for a whole JupyterHub"
