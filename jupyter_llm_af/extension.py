@@ -7,6 +7,7 @@ service's URL and a token in their environment (without overwriting what the use
 
 from __future__ import annotations
 
+import getpass
 import os
 from typing import Any
 
@@ -28,10 +29,21 @@ class JupyterAuthHandler(APIHandler):
         user = self.current_user
         name = getattr(user, "username", None) or getattr(user, "name", None) or str(user)
         core: LLMCore = self.settings["llm_core"]
-        # In a single-user server (plain or spawned by JupyterHub) the owner administers its service.
         hub_owner = os.environ.get("JUPYTERHUB_USER")
-        owner = name == hub_owner if hub_owner else True
-        return name, core.is_admin(name, owner=owner)
+        if hub_owner:  # spawned by JupyterHub: the hub names the user (shared servers: other users)
+            return name, core.is_admin(name, owner=name == hub_owner)
+        # Plain Jupyter Server: whoever holds its token or cookie is its owner. (Its identity
+        # provider gives each token-only request a new anonymous name, which would defeat the
+        # per-user queue limits; the OS user is the one stable name.)
+        owner = _os_user()
+        return owner, core.is_admin(owner, owner=True)
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (containers)
+        return f"uid-{os.getuid()}"
 
 
 class LLMExtensionApp(ExtensionApp):

@@ -61,6 +61,11 @@ def error_body(
     return {"error": message, "message": message, "status": status}
 
 
+# Listings: answered without starting a backend when one is not serving (see _read_only).
+READ_ONLY_PATHS = {"/api/tags", "/api/ps", "/api/version", "/v1/models"}
+CACHED_PATHS = {"/api/tags", "/v1/models"}
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, retry_after: int | None = None, **extra: Any):
         super().__init__(message)
@@ -229,12 +234,32 @@ class LLMHandlerMixin:
             return path in ("/api/chat", "/api/generate") and body.get("stream", True) is not False
         return bool(body.get("stream"))
 
+    async def _read_only(self, path: str) -> bool:
+        """Model lists never start a GPU job nor keep one alive: with no backend serving, answer
+        from what the last backend said (``/api/ps``: nothing is loaded). True if answered."""
+        if self.core.backend.serving_url() is not None:
+            return False
+        if path == "/api/ps":
+            self.write_json({"models": []})
+            return True
+        if path == "/api/version":
+            self.write_json({"version": OLLAMA_API_VERSION})
+            return True
+        cached = self.core.read_cache.get(path)
+        if cached is not None:
+            self.write_json(cached)
+            return True
+        return False  # never seen a backend: the first listing starts one, like any request
+
     async def _to_backend(
         self, path: str, method: str, body: dict[str, Any] | None, stream: bool, deadline: float
     ) -> None:
         core = self.core
+        read_only = path in READ_ONLY_PATHS
+        if read_only and await self._read_only(path):
+            return
         try:
-            async with core.backend.lease(deadline) as endpoint:
+            async with core.backend.lease(deadline, activity=not read_only) as endpoint:
                 try:
                     if core.protocol == "openai" and path.startswith("/api/"):
                         await self._translated(endpoint.url, path, body or {})
@@ -272,6 +297,8 @@ class LLMHandlerMixin:
         if target is None:  # the route table only sends allowed paths; belt and braces
             raise ApiError(404, f"unknown path {path}")
         raw = self.request.body if method in ("POST", "PUT", "DELETE") else None  # type: ignore[attr-defined]
+        if path in CACHED_PATHS and method == "GET":
+            return await self._get_and_cache(base_url, path)
         req = core.upstream.build_request(method, base_url, target, raw, self.request.headers)  # type: ignore[attr-defined]
         resp = await core.upstream.send(req, stream=True)
         try:
@@ -293,6 +320,21 @@ class LLMHandlerMixin:
             await resp.aclose()
         self.finish()  # type: ignore[attr-defined]
 
+    async def _get_and_cache(self, base_url: str, path: str) -> None:
+        """A model list: fetched whole, remembered for when no backend is serving."""
+        core = self.core
+        req = core.upstream.build_request("GET", base_url, path, None, self.request.headers)  # type: ignore[attr-defined]
+        resp = await core.upstream.send(req, stream=False)
+        if resp.status_code == 200:
+            try:
+                core.read_cache[path] = resp.json()
+            except ValueError:
+                pass
+        self.set_status(resp.status_code)  # type: ignore[attr-defined]
+        for k, v in response_headers(resp.headers).items():
+            self.set_header(k, v)  # type: ignore[attr-defined]
+        self.finish(resp.content)  # type: ignore[attr-defined]
+
     def _write_stream_error(self, message: str) -> None:
         if self.api == "openai":
             self.write("data: " + json.dumps(error_body("openai", 502, message)) + "\n\n")  # type: ignore[attr-defined]
@@ -302,7 +344,9 @@ class LLMHandlerMixin:
     async def _translated(self, base_url: str, path: str, body: dict[str, Any]) -> None:
         tr = self.core.translator
         if path == "/api/tags":
-            return self.write_json(await tr.tags(base_url))
+            tags = await tr.tags(base_url)
+            self.core.read_cache[path] = tags
+            return self.write_json(tags)
         if path == "/api/ps":
             return self.write_json(await tr.ps(base_url))
         if path == "/api/version":

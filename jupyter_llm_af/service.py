@@ -62,6 +62,8 @@ class LLMCore:
             cfg.max_concurrent or self.parallelism, cfg.max_queue, cfg.max_queue_per_user
         )
         self._known_models: list[str] = []
+        # last model listings a backend gave (path → JSON), served while no backend runs
+        self.read_cache: dict[str, Any] = {}
         self._sizes_bytes: dict[str, int] = {}
         self._models_checked = 0.0
 
@@ -243,9 +245,4 @@ class UnconfiguredBackend(Backend):
 
 def _ready_url(backend: Backend) -> str | None:
     """The URL of a backend that is up now, without starting anything."""
-    if isinstance(backend, UpstreamBackend):
-        return backend.url if backend._healthy is not False else None
-    if isinstance(backend, LocalProcessBackend):
-        return backend.url if backend.state == "ready" else None
-    current = getattr(backend, "current_url", None)
-    return current() if callable(current) else None
+    return backend.serving_url()

@@ -104,9 +104,15 @@ class Backend:
         except asyncio.TimeoutError:
             return False
 
+    def serving_url(self) -> str | None:
+        """URL of a backend that serves right now, without starting anything (None: not ready)."""
+        return None
+
     @contextlib.asynccontextmanager
-    async def lease(self, deadline: float) -> AsyncIterator[Endpoint]:
-        self.note_activity()
+    async def lease(self, deadline: float, activity: bool = True) -> AsyncIterator[Endpoint]:
+        """``activity=False`` for read-only probes (model lists): they keep no idle job alive."""
+        if activity:
+            self.note_activity()
         endpoint = await self.ready_endpoint(deadline)
         f = self._inflight.setdefault(endpoint.key, _InFlight())
         f.count += 1
@@ -117,4 +123,5 @@ class Backend:
             f.count -= 1
             if f.count == 0:
                 f.idle.set()
-            self.note_activity()
+            if activity:
+                self.note_activity()

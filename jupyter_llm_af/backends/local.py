@@ -74,6 +74,9 @@ class LocalProcessBackend(Backend):
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    def serving_url(self) -> str | None:
+        return self.url if self.state == "ready" and self._alive() else None
+
     async def start(self) -> None:
         # Start in the background so the Jupyter server is up at once; requests wait for it.
         self._start_task()

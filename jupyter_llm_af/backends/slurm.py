@@ -434,7 +434,7 @@ class SlurmBackend(Backend):
             return "pending"
         return "starting"
 
-    def current_url(self) -> str | None:
+    def serving_url(self) -> str | None:
         """URL of the job serving now (for model lists in /backend/state); never starts a job."""
         ep = self._serving_endpoint()
         return ep.url if ep else None

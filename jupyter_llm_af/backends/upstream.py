@@ -27,6 +27,9 @@ class UpstreamBackend(Backend):
         # A fixed URL is always "ready": if it is down, the forwarder says so (502) at once.
         return Endpoint(self.url, "upstream")
 
+    def serving_url(self) -> str | None:
+        return self.url if self._healthy is not False else None
+
     async def check_health(self) -> bool:
         """Probe GET / (both Ollama and llama.cpp/vLLM answer it) — cached for a few seconds."""
         if time.monotonic() - self._checked_at < 2.0 and self._healthy is not None:
