@@ -39,7 +39,8 @@ def slurm_service(tmp_path: Path, job_name: str, **extra: str):
         f"c.LLMService.slurm_job_name = {job_name!r}",
         f"c.LLMService.slurm_state_dir = {str(tmp_path / 'state')!r}",
         f"c.LLMService.slurm_backend_command = {sh.backend_command()!r}",
-        f"c.LLMService.slurm_backend_env = {{'PYTHONPATH': {str(sh.REPO)!r}, 'JUPYTER_LLM_AF_HOST': '127.0.0.1'}}",
+        f"c.LLMService.slurm_backend_env = {{'PYTHONPATH': {str(sh.REPO)!r},"
+        " 'JUPYTER_LLM_AF_HOST': '127.0.0.1'}",
         "c.LLMService.slurm_gres = 'gpu:1'",
         "c.LLMService.slurm_time_limit = '5'",
         "c.LLMService.admin_users = ['admin']",
