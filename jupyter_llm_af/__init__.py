@@ -35,6 +35,26 @@ def openai_client(**kwargs: Any) -> Any:
     return _make(**kwargs)
 
 
+_CLIENTS = {
+    "async_openai_client",
+    "async_ollama_client",
+    "state",
+    "queue",
+    "models",
+    "service_url",
+    "service_token",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy access to the client helpers (``jupyter_llm_af.state()``, ``.models()``, ...)."""
+    if name in _CLIENTS or name == "clients":
+        from . import clients
+
+        return clients if name == "clients" else getattr(clients, name)
+    raise AttributeError(name)
+
+
 def ollama_client(**kwargs: Any) -> Any:
     """An ``ollama.Client`` preconfigured for this service (long timeouts for queued use)."""
     from .clients import ollama_client as _make

@@ -217,7 +217,12 @@ class _ChatRequest:
                     async for line in response.aiter_lines():
                         if not line.strip():
                             continue
-                        chunk = json.loads(line)
+                        try:
+                            chunk = json.loads(line)
+                        except ValueError:  # e.g. an HTML login page: the URL is not the service
+                            raise clients.ServiceError(
+                                f"{url} did not answer in Ollama's format: is it the LLM service?"
+                            ) from None
                         if chunk.get("error"):  # an error after the stream started
                             self.events.put(("error", clients.ServiceError(str(chunk["error"]))))
                             return

@@ -166,6 +166,16 @@ class LLMCore:
         self._models_checked = time.monotonic()
         return self._known_models
 
+    def default_model(self) -> str | None:
+        """What magics and snippets use when no model is named (known without starting a job)."""
+        if self.cfg.default_model:
+            return self.cfg.default_model
+        if self._known_models:
+            return self._known_models[0]
+        if self.cfg.backend == "local" and self.protocol == "openai" and self.cfg.embedded_models:
+            return self.cfg.embedded_models[0]
+        return None
+
     def model_fit_error(self, model: str) -> str | None:
         """A sentence if ``model`` can never fit the GPU, else None (unknown sizes pass)."""
         gpu = self.cfg.gpu_memory_gb
@@ -211,6 +221,7 @@ class LLMCore:
                 "protocol": self.protocol,
                 "healthy": healthy if healthy is not None else doc.get("state") in ("ready", "renewing"),
                 "models": list(self._known_models),
+                "default_model": self.default_model(),
                 "queue": self.admission.totals(),
                 "gpu": self.gpu_summary(),
                 "user": {"name": user, "admin": admin},
