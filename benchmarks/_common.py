@@ -6,6 +6,7 @@ Nothing here is a test fixture: benchmarks print figures and exit 0 whatever the
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -42,6 +43,7 @@ class Child:
 
     def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None):
         self.name = name
+        self.cleanup_dirs: list[str] = []  # removed after the process stops
         fd, self.log_path = tempfile.mkstemp(prefix=f"llm-af-bench-{name}-", suffix=".log")
         with os.fdopen(fd, "wb") as log:
             self.popen = subprocess.Popen(
@@ -89,6 +91,8 @@ class Child:
             os.unlink(self.log_path)
         except OSError:
             pass
+        for d in self.cleanup_dirs:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def jupyter_env() -> tuple[str, dict[str, str]]:

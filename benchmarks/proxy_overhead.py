@@ -366,7 +366,7 @@ def _jupyter(name: str, port: int, config: str, extra: list[str]) -> Child:
     os.makedirs(env["JUPYTER_CONFIG_DIR"], exist_ok=True)
     with open(os.path.join(env["JUPYTER_CONFIG_DIR"], "jupyter_server_config.py"), "w") as f:
         f.write(config)
-    return Child(
+    child = Child(
         name,
         [
             PY,
@@ -382,6 +382,8 @@ def _jupyter(name: str, port: int, config: str, extra: list[str]) -> Child:
         ],
         env=env,
     )
+    child.cleanup_dirs.append(tmp)
+    return child
 
 
 def start_stack(children: list[Child], chunks: int, need: set[str]) -> dict[str, Target]:

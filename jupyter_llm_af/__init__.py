@@ -6,6 +6,7 @@ local process, a site URL, or a Slurm GPU job started on demand.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __version__ = "0.1.0"
@@ -49,8 +50,8 @@ _CLIENTS = {
 def __getattr__(name: str) -> Any:
     """Lazy access to the client helpers (``jupyter_llm_af.state()``, ``.models()``, ...)."""
     if name in _CLIENTS or name == "clients":
-        from . import clients
-
+        # import_module, not `from . import`: that would ask this __getattr__ again
+        clients = importlib.import_module(".clients", __name__)
         return clients if name == "clients" else getattr(clients, name)
     raise AttributeError(name)
 
