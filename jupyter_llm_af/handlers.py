@@ -13,6 +13,7 @@ import json
 import time
 from typing import Any
 
+import aiohttp
 from tornado import web
 from tornado.iostream import StreamClosedError
 
@@ -299,25 +300,19 @@ class LLMHandlerMixin:
         raw = self.request.body if method in ("POST", "PUT", "DELETE") else None  # type: ignore[attr-defined]
         if path in CACHED_PATHS and method == "GET":
             return await self._get_and_cache(base_url, path)
-        req = core.upstream.build_request(method, base_url, target, raw, self.request.headers)  # type: ignore[attr-defined]
-        resp = await core.upstream.send(req, stream=True)
-        try:
-            self.set_status(resp.status_code)  # type: ignore[attr-defined]
+        async with core.upstream.stream(method, base_url, target, raw, self.request.headers) as resp:  # type: ignore[attr-defined]
+            self.set_status(resp.status)  # type: ignore[attr-defined]
             for k, v in response_headers(resp.headers).items():
                 self.set_header(k, v)  # type: ignore[attr-defined]
             self._nodelay()
             try:
-                async for chunk in resp.aiter_raw():
-                    self.write(chunk)  # type: ignore[attr-defined]
+                # one write + flush per socket read: chunks go out as they arrive, never buffered
+                async for data in resp.content.iter_any():
+                    self.write(data)  # type: ignore[attr-defined]
                     await self.flush()  # type: ignore[attr-defined]
-            except UpstreamError:
-                raise
-            except Exception as e:  # backend broke off mid-stream: say so in the API's format
-                if isinstance(e, (StreamClosedError, asyncio.CancelledError)):
-                    raise
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                # the backend broke off mid-stream: say so in the API's format
                 self._write_stream_error(f"backend connection lost: {type(e).__name__}")
-        finally:
-            await resp.aclose()
         self.finish()  # type: ignore[attr-defined]
 
     async def _get_and_cache(self, base_url: str, path: str) -> None:
