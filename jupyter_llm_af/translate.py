@@ -527,8 +527,10 @@ async def _sse_events(resp: httpx.Response) -> AsyncIterator[str]:
     buf = ""
     async for text in resp.aiter_text():
         buf += text
-        while "\n" in buf:
-            line, buf = buf.split("\n", 1)
+        if "\n" not in text:
+            continue
+        *lines, buf = buf.split("\n")  # one split per read, not one copy of the rest per event
+        for line in lines:
             line = line.rstrip("\r")
             if line.startswith("data:"):
                 yield line[5:].lstrip()
