@@ -170,11 +170,10 @@ class LLMCore:
         """What magics and snippets use when no model is named (known without starting a job)."""
         if self.cfg.default_model:
             return self.cfg.default_model
-        if self._known_models:
-            return self._known_models[0]
-        if self.cfg.backend == "local" and self.protocol == "openai" and self.cfg.embedded_models:
-            return self.cfg.embedded_models[0]
-        return None
+        embedded = self.cfg.backend == "local" and self.protocol == "openai" and self.cfg.embedded_models
+        if embedded and (not self._known_models or self.cfg.embedded_models[0] in self._known_models):
+            return self.cfg.embedded_models[0]  # the instruction-tuned one, not the list's first
+        return self._known_models[0] if self._known_models else None
 
     def model_fit_error(self, model: str) -> str | None:
         """A sentence if ``model`` can never fit the GPU, else None (unknown sizes pass)."""

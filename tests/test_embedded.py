@@ -155,3 +155,26 @@ def test_chained_native_front_in_front_of_translating_instance(embedded_service,
         assert time.monotonic() - t0 < 60
     finally:
         front.stop()
+
+
+def test_jupyter_server_with_no_config_answers_with_a_real_model():
+    """The README's first command: a Jupyter server with the extension and no site config at all."""
+    from .conftest import start_jupyter_server
+
+    server = start_jupyter_server(timeout=180)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            st = httpx.get(server.url + "/backend/state", headers=auth(), timeout=30).json()
+            if st["state"] in ("ready", "failed"):
+                break
+            time.sleep(0.3)
+        assert st["kind"] == "local" and st["state"] == "ready", st
+        assert st["default_model"] == "smollm2:135m" and st["user"]["admin"] is True
+        c = ollama.Client(host=server.url, headers=auth(), timeout=300)
+        r = c.chat(model="smollm2:135m", messages=CHAT, options={"temperature": 0, "num_predict": 32})
+        assert "Paris" in r.message.content
+        o = openai.OpenAI(base_url=server.url + "/v1", api_key=TOKEN, max_retries=0, timeout=300)
+        assert o.embeddings.create(model="smollm2:135m", input="hi").data[0].embedding
+    finally:
+        server.stop()
