@@ -72,10 +72,19 @@ def hub_auth_base() -> type:
             except Exception:  # UserNotAllowed: a hub user without access to this service
                 self._hub_auth_user_cache = None
             if not self.current_user:
-                raise web.HTTPError(401 if self.request.headers.get("Authorization") is None else 403)
+                headers = self.request.headers
+                if (
+                    self.request.method == "GET"
+                    and "text/html" in headers.get("Accept", "")
+                    and "Authorization" not in headers
+                ):
+                    # a person in a browser: log in through the hub (OAuth), then come back
+                    self.redirect(HubOAuthenticated.get_login_url(self))
+                    return
+                raise web.HTTPError(401 if headers.get("Authorization") is None else 403)
 
         def get_login_url(self) -> str:
-            raise web.HTTPError(401)
+            raise web.HTTPError(401)  # API clients: a clear 401 in the API's format, never a redirect
 
         def llm_identity(self) -> tuple[str, bool]:
             user = self.current_user or {}

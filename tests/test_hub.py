@@ -8,6 +8,7 @@ installs it). The hub and everything it starts run from one temporary folder on 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -193,3 +194,28 @@ def test_single_user_server_reaches_service_with_its_own_token(hub: hh.Hub) -> N
     reply = ollama_client(hub, "alice", base=server + "/llm").chat(
         model=MODEL, messages=MESSAGES, options={"num_predict": 2})
     assert reply.message.content.strip() == words(2)
+
+
+@pytest.mark.browser
+def test_a_person_in_a_browser_logs_in_through_the_hub(hub: hh.Hub) -> None:
+    """A browser opening the service is sent through the hub's OAuth login (API clients get 401)."""
+    from playwright.sync_api import sync_playwright
+
+    from .browser.conftest import CHROMIUM, CHROMIUM_ARGS
+
+    r = httpx.get(hub.url + "/services/llm/backend/state", headers={"Accept": "text/html"}, timeout=10)
+    assert r.status_code == 302 and "/hub/api/oauth2/authorize" in r.headers["location"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(hub.url + "/services/llm/backend/state", timeout=60_000)
+            page.wait_for_url("**/hub/login**", timeout=60_000)
+            page.fill("#username_input", "bob")
+            page.fill("#password_input", "anything")
+            page.click("#login_submit")
+            page.wait_for_url("**/services/llm/backend/state", timeout=60_000)
+            state = json.loads(page.locator("body").inner_text())
+            assert state["user"] == {"name": "bob", "admin": False}
+        finally:
+            browser.close()
