@@ -130,9 +130,7 @@ class Upstream:
         incoming_headers: Mapping[str, str],
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A streamed backend response; connection failures become :class:`UpstreamError`."""
-        headers = request_headers(incoming_headers, self.extra_headers)
-        headers["Host"] = backend_host_header(base_url)
-        url = base_url.rstrip("/") + path
+        url, headers = self._target(base_url, path, incoming_headers)
         try:
             ctx = self.session().request(
                 method, url, data=body or None, headers=headers, allow_redirects=False
@@ -150,6 +148,14 @@ class Upstream:
             resp.release()
             await ctx.__aexit__(None, None, None)
 
+    def _target(
+        self, base_url: str, path: str, incoming_headers: Mapping[str, str] | None
+    ) -> tuple[str, dict[str, str]]:
+        """URL and headers of a backend request: allow-listed headers, the backend's own Host."""
+        headers = request_headers(incoming_headers or {}, self.extra_headers)
+        headers["Host"] = backend_host_header(base_url)
+        return base_url.rstrip("/") + path, headers
+
     def build_request(
         self,
         method: str,
@@ -157,13 +163,8 @@ class Upstream:
         path: str,
         body: bytes | None = None,
         incoming_headers: Mapping[str, str] | None = None,
-        query: str = "",
     ) -> httpx.Request:
-        url = base_url.rstrip("/") + path
-        if query:
-            url += "?" + query
-        headers = request_headers(incoming_headers or {}, self.extra_headers)
-        headers["Host"] = backend_host_header(base_url)
+        url, headers = self._target(base_url, path, incoming_headers)
         return self.client.build_request(method, url, content=body if body else None, headers=headers)
 
     async def send(self, request: httpx.Request, stream: bool = True) -> httpx.Response:

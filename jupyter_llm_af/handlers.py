@@ -389,11 +389,8 @@ class ReadMixin(LLMHandlerMixin):
     """GET /api/version, /api/tags, /api/ps, /v1/models, /v1/models/{id}."""
 
     @web.authenticated
-    async def get(self, *args: str) -> None:
-        await self.run_guarded(self.forward(self.service_path_of(args), "GET", None))
-
-    def service_path_of(self, args: tuple[str, ...]) -> str:
-        return self.service_path if not args else self.service_path.replace("{}", args[0])
+    async def get(self) -> None:
+        await self.run_guarded(self.forward(self.service_path, "GET", None))
 
 
 class ModelByIdMixin(LLMHandlerMixin):

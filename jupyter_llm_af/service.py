@@ -212,7 +212,7 @@ class LLMCore:
         if check is not None:
             healthy = await check()
         doc = backend.describe(admin=admin)
-        ready_url = _ready_url(backend)
+        ready_url = backend.serving_url()  # never starts a backend just to list models
         if ready_url:
             await self.refresh_models(ready_url)
         doc.update(
@@ -251,8 +251,3 @@ class UnconfiguredBackend(Backend):
             "idle_s": 0,
             "last_error": self.reason,
         }
-
-
-def _ready_url(backend: Backend) -> str | None:
-    """The URL of a backend that is up now, without starting anything."""
-    return backend.serving_url()

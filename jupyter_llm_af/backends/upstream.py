@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from .base import Backend, BackendUnavailable, Endpoint
+from .base import Backend, Endpoint
 
 
 class UpstreamBackend(Backend):
@@ -64,6 +64,3 @@ class UpstreamBackend(Backend):
 
     def wait_message(self) -> str:
         return "the site's LLM backend is not answering"
-
-
-__all__ = ["UpstreamBackend", "BackendUnavailable"]
