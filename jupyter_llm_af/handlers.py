@@ -17,11 +17,10 @@ import aiohttp
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from .admission import AdmissionTimeout, QueueFull
-from .backends.base import BackendUnavailable, ControlNotSupported
+from .backends.base import ControlNotSupported
+from .errors import BackendUnavailable, UpstreamError
 from .forwarding import (
     OLLAMA_MANAGE_PATHS,
-    UpstreamError,
     response_headers,
     upstream_path,
 )
@@ -171,12 +170,8 @@ class LLMHandlerMixin:
                     self.finish()  # type: ignore[attr-defined]
         except ApiError as e:
             self.send_error_body(e.status, e.message, e.retry_after, **e.extra)
-        except OllamaError as e:
-            self.send_error_body(e.status, e.message)
-        except (QueueFull, AdmissionTimeout, BackendUnavailable) as e:
+        except OllamaError as e:  # every ServiceError
             self.send_error_body(e.status, e.message, e.retry_after)
-        except UpstreamError as e:
-            self.send_error_body(e.status, e.message)
         except StreamClosedError:
             pass
 

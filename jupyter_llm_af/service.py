@@ -17,10 +17,11 @@ from typing import Any
 
 from . import __version__, embedded, modelfit
 from .admission import Admission
-from .backends.base import Backend, BackendUnavailable, Endpoint
+from .backends.base import Backend, Endpoint
 from .backends.local import LocalProcessBackend
 from .backends.upstream import UpstreamBackend
-from .forwarding import Upstream, UpstreamError
+from .errors import BackendUnavailable, UpstreamError
+from .forwarding import Upstream
 from .translate import OpenAIToOllama
 
 log = logging.getLogger("jupyter_llm_af")

@@ -17,7 +17,10 @@ from typing import Any
 
 import httpx
 
-from .forwarding import Upstream, UpstreamError
+from .catalogue import ModelMeta
+from .errors import ServiceError as OllamaError
+from .errors import UpstreamError
+from .forwarding import Upstream
 
 OLLAMA_API_VERSION = "0.12.6"  # the Ollama API level this translation follows
 _FAR_FUTURE = "2318-08-06T00:00:00Z"  # what Ollama reports for models kept loaded forever
@@ -37,31 +40,8 @@ _OPTION_FIELDS = {
 }
 
 
-class OllamaError(Exception):
-    """An error to send as ``{"error": message}`` with ``status``."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def now_rfc3339() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-@dataclass
-class ModelMeta:
-    """What a launcher knows about a model beyond the backend's list (embedded: the GGUF file)."""
-
-    size: int = 0
-    digest: str = ""
-    family: str = ""
-    parameter_size: str = ""
-    quantization_level: str = ""
-    format: str = "gguf"
-    modified_at: str = ""
-    capabilities: list[str] = field(default_factory=lambda: ["completion"])
 
 
 @dataclass
@@ -113,12 +93,12 @@ class OpenAIToOllama:
     async def resolve(self, base_url: str, name: Any) -> BackendModel:
         """The backend model for a requested name; 404 in Ollama's words when there is none."""
         if not isinstance(name, str) or not name:
-            raise OllamaError(400, "model is required")
+            raise OllamaError("model is required", 400)
         for fresh in (False, True):
             for m in await self.models(base_url, fresh=fresh):
                 if name in (m.name, m.backend_id) or (":" not in name and m.name == f"{name}:latest"):
                     return m
-        raise OllamaError(404, f"model '{name}' not found")
+        raise OllamaError(f"model '{name}' not found", 404)
 
     def _meta(self, m: BackendModel) -> ModelMeta:
         meta = self.model_meta.get(m.name) or self.model_meta.get(m.backend_id) or ModelMeta()
@@ -206,7 +186,7 @@ class OpenAIToOllama:
         if messages is None:
             messages = []
         if not isinstance(messages, list):
-            raise OllamaError(400, "messages must be an array")
+            raise OllamaError("messages must be an array", 400)
         if not messages:
             return False, await self._load_or_unload(base_url, m, body, "message")
         payload = self._payload(m, body)
@@ -219,7 +199,7 @@ class OpenAIToOllama:
         m = await self.resolve(base_url, body.get("model"))
         prompt = body.get("prompt") or ""
         if not isinstance(prompt, str):
-            raise OllamaError(400, "prompt must be a string")
+            raise OllamaError("prompt must be a string", 400)
         if not prompt and not body.get("images"):
             return False, await self._load_or_unload(base_url, m, body, "response")
         payload = self._payload(m, body)
@@ -239,7 +219,7 @@ class OpenAIToOllama:
         if text is None or text == "" or text == []:
             if legacy:
                 return {"embedding": []}
-            raise OllamaError(400, "input is required")
+            raise OllamaError("input is required", 400)
         start = time.monotonic_ns()
         req = self.upstream.build_request(
             "POST",
@@ -269,7 +249,7 @@ class OpenAIToOllama:
         payload: dict[str, Any] = {"model": m.backend_id}
         options = body.get("options") or {}
         if not isinstance(options, dict):
-            raise OllamaError(400, "options must be an object")
+            raise OllamaError("options must be an object", 400)
         for ollama_key, openai_key in _OPTION_FIELDS.items():
             if options.get(ollama_key) is not None:
                 payload[openai_key] = options[ollama_key]
@@ -285,7 +265,7 @@ class OpenAIToOllama:
                 "json_schema": {"name": "output", "schema": fmt},
             }
         elif fmt not in (None, ""):
-            raise OllamaError(400, f"invalid format: {fmt!r}")
+            raise OllamaError(f"invalid format: {fmt!r}", 400)
         return payload
 
     async def _load_or_unload(self, base_url: str, m: BackendModel, body: dict, field_name: str) -> dict:
@@ -304,7 +284,7 @@ class OpenAIToOllama:
             # "already loaded"/"not loaded" answers are fine: the end state is what was asked
             if resp.status_code >= 500:
                 raise OllamaError(
-                    500, f"could not {'unload' if unload else 'load'} {m.name}: {resp.text[:200]}"
+                    f"could not {'unload' if unload else 'load'} {m.name}: {resp.text[:200]}", 500
                 )
             self.invalidate()
         out: dict[str, Any] = {"model": m.name, "created_at": now_rfc3339()}
@@ -364,7 +344,7 @@ class OpenAIToOllama:
                 except ValueError:
                     continue
                 if "error" in event:
-                    raise OllamaError(500, _error_text(event))
+                    raise OllamaError(_error_text(event), 500)
                 last = {**last, **{k: v for k, v in event.items() if k in ("usage", "timings")}}
                 for choice in event.get("choices") or []:
                     delta = choice.get("delta") or {}
@@ -432,7 +412,7 @@ class OpenAIToOllama:
 # -- format conversions -------------------------------------------------------------------
 def _message_to_openai(msg: Any) -> dict[str, Any]:
     if not isinstance(msg, dict) or "role" not in msg:
-        raise OllamaError(400, "each message needs a role and content")
+        raise OllamaError("each message needs a role and content", 400)
     out: dict[str, Any] = {"role": msg["role"]}
     content = msg.get("content") or ""
     images = msg.get("images") or []
@@ -517,8 +497,8 @@ def _json_or_error(resp: httpx.Response) -> dict[str, Any]:
     if resp.status_code >= 400:
         message = _error_text(doc)
         if "not found" in message and "model" in message:
-            raise OllamaError(404, message)
-        raise OllamaError(resp.status_code if resp.status_code < 500 else 500, message)
+            raise OllamaError(message, 404)
+        raise OllamaError(message, resp.status_code if resp.status_code < 500 else 500)
     return doc if isinstance(doc, dict) else {}
 
 

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from jupyter_llm_af.admission import Admission, AdmissionTimeout, QueueFull, Ticket
+from jupyter_llm_af.admission import Admission, Ticket
+from jupyter_llm_af.errors import AdmissionTimeout, QueueFull
 
 
 def far() -> float:

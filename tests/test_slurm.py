@@ -18,7 +18,6 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from jupyter_llm_af.backends.base import BackendUnavailable
 from jupyter_llm_af.backends.slurm import SlurmBackend, human_duration
 from jupyter_llm_af.backends.slurm_cli import (
     JobPhase,
@@ -27,6 +26,7 @@ from jupyter_llm_af.backends.slurm_cli import (
     parse_submit_output,
     parse_timestamp,
 )
+from jupyter_llm_af.errors import BackendUnavailable
 
 from . import slurm_helpers as sh
 

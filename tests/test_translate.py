@@ -8,8 +8,9 @@ import json
 import httpx
 import pytest
 
+from jupyter_llm_af.errors import ServiceError as OllamaError
 from jupyter_llm_af.forwarding import Upstream
-from jupyter_llm_af.translate import OllamaError, OpenAIToOllama
+from jupyter_llm_af.translate import OpenAIToOllama
 
 MODELS = {
     "object": "list",

@@ -19,18 +19,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-
-class BackendUnavailable(Exception):
-    """No backend can serve now. Carries what to tell the user and when to retry."""
-
-    def __init__(self, message: str, status: int = 503, retry_after: int | None = 10):
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.retry_after = retry_after
+from ..errors import Conflict
 
 
-class ControlNotSupported(Exception):
+class ControlNotSupported(Conflict):
     """The launcher has no such control action (e.g. stop on a plain upstream URL)."""
 
 

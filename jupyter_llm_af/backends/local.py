@@ -19,7 +19,8 @@ from typing import Any
 
 import httpx
 
-from .base import Backend, BackendUnavailable, Endpoint
+from ..errors import BackendUnavailable
+from .base import Backend, Endpoint
 
 
 def _die_with_parent() -> None:

@@ -33,7 +33,8 @@ from typing import Any
 
 import httpx
 
-from .base import Backend, BackendUnavailable, ControlNotSupported, Endpoint
+from ..errors import BackendUnavailable
+from .base import Backend, ControlNotSupported, Endpoint
 from .slurm_cli import (
     JobInfo,
     JobPhase,
