@@ -218,6 +218,7 @@ class LLMCore:
             await self.refresh_models(ready_url)
         doc.update(
             {
+                "serving": ready_url is not None,
                 "protocol": self.protocol,
                 "healthy": healthy if healthy is not None else doc.get("state") in ("ready", "renewing"),
                 "models": list(self._known_models),
