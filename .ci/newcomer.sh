@@ -170,7 +170,8 @@ import json, sys
 doc = json.load(sys.stdin)
 text = doc.get("message", {}).get("content", "")
 assert text.strip() and doc.get("eval_count", 0) > 0, doc
-print(f"[newcomer] (b) llm/api/chat {doc.get(\"model\")}: {doc[\"eval_count\"]} tokens: {text.strip()[:80]!r}")
+model, n = doc.get("model"), doc["eval_count"]
+print(f"[newcomer] (b) llm/api/chat {model}: {n} tokens: {text.strip()[:80]!r}")
 ' || fail "llm/api/chat gave no real tokens: $answer"
 phases+=("(b) llm/api/chat: $(since "$t") s")
 
