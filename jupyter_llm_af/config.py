@@ -311,4 +311,45 @@ class LLMService(Configurable):
 
     @default("admin_users")
     def _default_admins(self) -> list[str]:
+
+    # -- operations (metrics, usage, logs) --
+    metrics_token = Unicode(
+        "",
+        config=True,
+        help="""Bearer token with which a scraper (Prometheus) may read ``GET …/metrics``; admins
+        can always read it, nobody else (never anonymous). Empty: $JUPYTER_LLM_AF_METRICS_TOKEN.""",
+    )
+    metrics_per_user = Bool(
+        False,
+        config=True,
+        help="""Add a ``user`` label to the request, token and backend-time series (one series per
+        user and model). Off: by route, model, status class and group only (low cardinality).""",
+    )
+    metrics_groups = List(
+        Unicode(),
+        [],
+        config=True,
+        help="""JupyterHub groups reported as the metrics' ``group`` label: a user counts under
+        the first listed group they are in, else 'other'. Empty: the user's alphabetically first
+        group (at most 32 distinct groups; users without groups: 'none').""",
+    )
+    usage_log_file = Unicode(
+        "",
+        config=True,
+        help="""Accounting file: one JSON line per API request (time, user, groups, route, model,
+        status, queue wait, time in backend, prompt and completion token counts, job id; never
+        prompts or credentials). Read back at start, so usage figures survive a restart; reopened
+        when rotated. Empty: usage is kept in memory only.""",
+    )
+    access_log = Bool(
+        True,
+        config=True,
+        help="""One structured line per request on the ``jupyter_llm_af.access`` logger (user,
+        route, model, status, queue wait, duration, token counts, job id; never credentials,
+        prompts or query strings). The panel's state polls are logged at debug level.""",
+    )
+
+    @default("metrics_token")
+    def _default_metrics_token(self) -> str:
+        return os.environ.get("JUPYTER_LLM_AF_METRICS_TOKEN", "")
         return []

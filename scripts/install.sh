@@ -10,7 +10,7 @@ PY=${PYTHON:-python3}
 
 if [ "$WITH_TEST" = 1 ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   need=()
-  for p in slurmctld slurmd slurm-client munge chromium jq curl ninja-build nodejs npm; do
+  for p in slurmctld slurmd slurm-client munge chromium jq curl ninja-build nodejs npm prometheus; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
   done
   # nodejs/npm may come from the machine image rather than Debian: only install what is missing
