@@ -311,6 +311,7 @@ class LLMService(Configurable):
 
     @default("admin_users")
     def _default_admins(self) -> list[str]:
+        return []
 
     # -- operations (metrics, usage, logs) --
     metrics_token = Unicode(
@@ -352,4 +353,3 @@ class LLMService(Configurable):
     @default("metrics_token")
     def _default_metrics_token(self) -> str:
         return os.environ.get("JUPYTER_LLM_AF_METRICS_TOKEN", "")
-        return []
