@@ -99,6 +99,7 @@ class StateDoc(LauncherState, total=False):
     healthy: bool
     models: list[str]
     default_model: str | None
+    model_notes: dict[str, str]  # model name -> one sentence to show where users pick models
     queue: QueueTotals
     gpu: dict[str, Any] | None
     user: UserDoc

@@ -5,6 +5,7 @@ import { Widget } from '@lumino/widgets';
 
 import { SNIPPET_LABELS, SnippetKind, snippet } from './format';
 import { LLMModel } from './model';
+import { ACTIVE_STATES } from './tokens';
 
 /** The commands of this extension. */
 export namespace CommandIDs {
@@ -18,8 +19,9 @@ export namespace CommandIDs {
 /** The palette category. */
 export const CATEGORY = 'LLM service';
 
-/** States in which a start request would do nothing. */
-const RUNNING_STATES = new Set(['submitting', 'pending', 'starting', 'ready', 'renewing', 'draining']);
+/** A site URL cannot be started or stopped, nor can a service without a configuration. */
+const controllable = (model: LLMModel): boolean =>
+  !model.busy && model.state?.kind !== 'upstream' && model.state?.kind !== 'unconfigured';
 
 const backendWord = (model: LLMModel): string => (model.state?.kind === 'slurm' ? 'GPU job' : 'backend');
 
@@ -56,8 +58,7 @@ export function addCommands(app: JupyterFrontEnd, model: LLMModel, panel: Widget
     label: () => `Start the LLM ${backendWord(model)}`,
     caption: 'Start the backend now instead of on the first request (admins)',
     icon: runIcon,
-    isEnabled: () =>
-      model.isAdmin && !model.busy && model.state?.kind !== 'upstream' && !RUNNING_STATES.has(model.state?.state ?? ''),
+    isEnabled: () => model.isAdmin && controllable(model) && !ACTIVE_STATES.has(model.state?.state ?? ''),
     execute: () => model.control('start')
   });
 
@@ -65,7 +66,7 @@ export function addCommands(app: JupyterFrontEnd, model: LLMModel, panel: Widget
     label: () => `Stop the LLM ${backendWord(model)}`,
     caption: 'Stop the backend for everyone (admins)',
     icon: stopIcon,
-    isEnabled: () => model.isAdmin && !model.busy && model.state?.kind !== 'upstream' && model.state?.state !== 'idle',
+    isEnabled: () => model.isAdmin && controllable(model) && model.state?.state !== 'idle',
     execute: async () => {
       const what = backendWord(model);
       const result = await showDialog({

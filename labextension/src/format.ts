@@ -1,10 +1,11 @@
 /**
- * Pure functions turning the service's JSON into the words the panel shows.
+ * Pure functions turning the service's JSON into the words the panel shows. The sentence about
+ * the backend's state is not among them: the server writes it (`message`), the panel shows it.
  *
  * No DOM and no JupyterLab imports here, so that `jlpm test` runs them in plain Node.
  */
 
-import type { IBackendState, IGpuFit, IJob, IModelTag, IQueueEntry, IQueueTotals, IRunningModel } from './tokens';
+import type { BackendKind, IGpuFit, IJob, IModelTag, IQueueEntry, IQueueTotals, IRunningModel } from './tokens';
 
 const UNITS = ['B', 'kB', 'MB', 'GB', 'TB', 'PB'];
 
@@ -50,15 +51,12 @@ export function formatDuration(seconds: number): string {
   return rest ? `${days} d ${rest} h` : `${days} d`;
 }
 
-/**
- * A time from the server: an ISO string or epoch seconds. Slurm's "N/A", "Unknown",
- * "None" and unparsable text give null.
- */
-export function parseTime(value: string | number | null | undefined): Date | null {
-  if (value === null || value === undefined || value === '') {
+/** A time from the server (ISO 8601); null, empty and unparsable text (Slurm's "N/A", "Unknown") give null. */
+export function parseTime(value: string | null | undefined): Date | null {
+  if (!value) {
     return null;
   }
-  const ms = typeof value === 'number' ? value * 1000 : Date.parse(value);
+  const ms = Date.parse(value);
   return Number.isFinite(ms) ? new Date(ms) : null;
 }
 
@@ -102,40 +100,13 @@ export function formatExpiresIn(expiresAt: string | null | undefined, now: Date 
 const NO_REASON = new Set(['', 'none', 'n/a']);
 
 /**
- * One job in words, starting lower case so it can follow a colon:
- * "job 1234 pending (Resources), estimated start 10:42", "job 1234 running on gpu017, 3 h 12 min left".
- */
-export function jobSentence(job: IJob, now: Date = new Date()): string {
-  const state = (job.state || 'unknown').toLowerCase();
-  const parts = [`job ${job.id} ${state}`];
-  if (state === 'pending') {
-    const reason = (job.reason ?? '').trim();
-    if (!NO_REASON.has(reason.toLowerCase())) {
-      parts[0] += ` (${reason})`;
-    }
-    const start = parseTime(job.estimated_start);
-    if (start) {
-      parts.push(`estimated start ${formatClock(start, now)}`);
-    }
-  } else {
-    if (job.node) {
-      parts[0] += ` on ${job.node}`;
-    }
-    if (typeof job.time_left_s === 'number') {
-      parts.push(`${formatDuration(job.time_left_s)} left`);
-    }
-  }
-  return parts.join(', ');
-}
-
-/**
  * A job's details as label/value rows, e.g. [["Job", "1234 (running)"], ["Node", "gpu017"],
  * ["Started", "10:02"], ["Time left", "3 h 12 min of 4 h"]].
  */
 export function jobFacts(job: IJob, now: Date = new Date()): [string, string][] {
   const state = (job.state || 'unknown').toLowerCase();
   const facts: [string, string][] = [['Job', `${job.id} (${state})`]];
-  const clock = (value: string | number | null | undefined): string | null => {
+  const clock = (value: string | null | undefined): string | null => {
     const date = parseTime(value);
     return date ? formatClock(date, now) : null;
   };
@@ -166,8 +137,8 @@ export function jobFacts(job: IJob, now: Date = new Date()): [string, string][] 
   return facts;
 }
 
-/** What the backend kind is called in sentences. */
-export function kindLabel(kind: IBackendState['kind']): string {
+/** What the backend kind is called in the panel's subtitle. */
+export function kindLabel(kind: BackendKind): string {
   switch (kind) {
     case 'slurm':
       return 'Slurm GPU job';
@@ -175,61 +146,13 @@ export function kindLabel(kind: IBackendState['kind']): string {
       return 'Local backend';
     case 'upstream':
       return 'Remote backend';
+    case 'relay':
+      return 'Shared service';
+    case 'unconfigured':
+      return 'Not configured';
     default:
       return String(kind);
   }
-}
-
-/**
- * The backend state in the panel's own words, from the structured fields:
- * "No GPU job (starts on first request)", "Waiting for a GPU: job 1234 pending (Resources),
- * estimated start 10:42", "Ready on node gpu017, 3 h 12 min left",
- * "Renewing: successor job 1240 pending".
- */
-export function stateSentence(state: IBackendState, now: Date = new Date()): string {
-  const { job, successor } = state;
-  const slurm = state.kind === 'slurm';
-  const failure = state.last_error ? `: ${state.last_error}` : '';
-  switch (state.state) {
-    case 'idle':
-      if (slurm) {
-        return 'No GPU job (starts on first request)';
-      }
-      return state.kind === 'local' ? 'Backend not running (starts on first request)' : 'Idle';
-    case 'submitting':
-      return slurm ? 'Submitting a GPU job…' : 'Starting the backend…';
-    case 'pending':
-      return job ? `Waiting for a GPU: ${jobSentence(job, now)}` : 'Waiting for a GPU';
-    case 'starting':
-      if (job?.node) {
-        return `Starting on node ${job.node}: loading the backend`;
-      }
-      return 'Starting the backend…';
-    case 'ready':
-      if (slurm && job) {
-        const left = typeof job.time_left_s === 'number' ? `, ${formatDuration(job.time_left_s)} left` : '';
-        return `Ready on node ${job.node || '?'}${left}`;
-      }
-      return 'Ready';
-    case 'renewing':
-      return successor ? `Renewing: successor ${jobSentence(successor, now)}` : 'Renewing: submitting a successor job';
-    case 'draining':
-      if (successor) {
-        return `Handing over to job ${successor.id}${successor.node ? ` on ${successor.node}` : ''}`;
-      }
-      return 'Draining: finishing the requests in flight';
-    case 'failed':
-      return `Failed${failure}`;
-    default:
-      return `State unknown${failure}`;
-  }
-}
-
-/** The headline: the server's own sentence when it sent one, else {@link stateSentence}. */
-export function headline(state: IBackendState, now: Date = new Date()): string {
-  const message = state.message?.trim() ?? '';
-  // the server falls back to the bare state name ("ready") when it has no sentence
-  return message && message !== state.state ? message : stateSentence(state, now);
 }
 
 /** Size, family, parameters and quantization of a model: "271 MB · llama · 135M · Q8_0". */
@@ -245,6 +168,14 @@ export function modelDetails(tag: IModelTag): string {
     }
   }
   return parts.join(' · ');
+}
+
+/**
+ * The service's sentence about a model (e.g. "A base model, not instruction-tuned: …"): from its
+ * `api/tags` entry, else from `model_notes` of the state (known while the backend is down too).
+ */
+export function modelNote(tag: IModelTag, notes: Record<string, string> | null | undefined): string {
+  return (tag.note ?? notes?.[tag.name] ?? '').trim();
 }
 
 /** Whether a model fits one GPU job: null when the site configured no GPU size or does not know the model. */

@@ -10,9 +10,6 @@ export const POLL_MAX_MS = 60_000;
 /** The model list changes rarely: ask the backend for it at most this often (and when it comes up). */
 export const TAGS_MAX_AGE_MS = 60_000;
 
-/** States in which a backend answers, so that `api/tags` and `api/ps` start nothing. */
-const UP_STATES = new Set(['ready', 'renewing', 'draining']);
-
 /** A control action of admins. */
 export type ControlAction = 'start' | 'stop';
 
@@ -72,9 +69,9 @@ export class LLMModel extends VDomModel {
     return !!this._state?.user?.admin;
   }
 
-  /** Whether the backend is up (it answers `api/tags` and `api/ps` without starting). */
-  get isUp(): boolean {
-    return UP_STATES.has(this._state?.state ?? '');
+  /** Whether the backend serves now, as the server says: `api/tags` and `api/ps` then start nothing. */
+  get serving(): boolean {
+    return this._state?.serving === true;
   }
 
   /** Whether a refresh has finished (successfully or not). */
@@ -134,7 +131,7 @@ export class LLMModel extends VDomModel {
       this.stateChanged.emit();
       throw error;
     }
-    const up = this.isUp;
+    const up = this.serving;
     const wantTags = up && (!this._tagsFetched || Date.now() - this._tagsFetched > TAGS_MAX_AGE_MS || !this._wasUp);
     this._wasUp = up;
     const [tags, ps, queue] = await Promise.allSettled([

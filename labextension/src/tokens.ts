@@ -1,26 +1,47 @@
 /**
  * The JSON shapes the server extension answers under `{baseUrl}llm/`.
+ *
+ * `IBackendState`, `IJob`, `IQueueTotals`, `IUser`, `BackendStateName` and `ACTIVE_STATES` mirror
+ * `jupyter_llm_af/state.py` (`StateDoc`, `JobDoc`, `QueueTotals`, `UserDoc`, `BackendState`,
+ * `ACTIVE_STATES`) key for key: `tests/test_state_contract.py` fails when they drift apart.
  */
 
-/** Lifecycle states of the backend, as `GET backend/state` reports them. */
+/** Lifecycle states of the backend, as `GET backend/state` reports them (`state.BackendState`). */
 export type BackendStateName =
   'idle' | 'submitting' | 'pending' | 'starting' | 'ready' | 'renewing' | 'draining' | 'failed' | 'unknown';
 
-/** A Slurm job behind the backend (times: ISO strings or epoch seconds; null when Slurm does not know). */
+/**
+ * States that hold (or are about to hold) resources, so that "Start" would do nothing
+ * (`state.ACTIVE_STATES`). Whether requests are answered now is the server's `serving` field.
+ */
+export const ACTIVE_STATES: ReadonlySet<string> = new Set<BackendStateName>([
+  'submitting',
+  'pending',
+  'starting',
+  'ready',
+  'renewing',
+  'draining'
+]);
+
+/** What runs the model. */
+export type BackendKind = 'local' | 'upstream' | 'slurm' | 'relay' | 'unconfigured';
+
+/** A Slurm job behind the backend (`state.JobDoc`; times: ISO 8601, null when Slurm does not know). */
 export interface IJob {
   id: string;
   state: string;
-  reason?: string | null;
+  reason?: string;
   node?: string | null;
-  submitted_at?: string | number | null;
-  started_at?: string | number | null;
-  end_time?: string | number | null;
+  submitted_at?: string | null;
+  started_at?: string | null;
+  end_time?: string | null;
   time_left_s?: number | null;
   time_limit_s?: number | null;
-  estimated_start?: string | number | null;
+  estimated_start?: string | null;
+  ready?: boolean;
 }
 
-/** Admission-queue counters. */
+/** Admission-queue counters (`state.QueueTotals`). */
 export interface IQueueTotals {
   waiting: number;
   running: number;
@@ -30,32 +51,60 @@ export interface IQueueTotals {
   max_queue_per_user: number;
 }
 
+/** Who asks (`state.UserDoc`). */
+export interface IUser {
+  name: string;
+  admin: boolean;
+}
+
 /** Whether each model fits the memory of one GPU job. */
 export interface IGpuFit {
   gpu_memory_gb: number;
   /** `fits` and `size_gb` are null for models of unknown size. */
   models: { name: string; size_gb: number | null; fits: boolean | null }[];
   largest_set?: string[];
+  largest_set_gb?: number;
   /** A sentence on which models can stay loaded together. */
   note?: string;
 }
 
-/** `GET backend/state` (also the answer of `POST backend/start|stop`). */
+/** `GET backend/state` (also the answer of `POST backend/start|stop`): `state.StateDoc`. */
 export interface IBackendState {
-  kind: 'local' | 'upstream' | 'slurm';
-  protocol: 'ollama' | 'openai';
+  // what the launcher reports (state.LauncherState)
+  kind: BackendKind;
   state: BackendStateName;
-  message?: string;
-  healthy: boolean;
+  /** The one user-facing sentence about the backend, written by the launcher. */
+  message: string;
   job: IJob | null;
   successor?: IJob | null;
-  idle_s?: number | null;
+  /** Job ids finishing their requests before they are released. */
+  draining?: string[];
+  idle_s?: number;
+  /** Requests in flight on the backend. */
+  inflight?: number;
   last_error?: string | null;
+  // admins only
+  backend_url?: string | null;
+  job_name?: string;
+  state_dir?: string;
+  pid?: number | null;
+  // added by the service
+  /** A request now would be answered without waiting for a start: the panel never works this out. */
+  serving: boolean;
+  protocol: 'ollama' | 'openai';
+  healthy: boolean;
   models: string[];
-  queue?: IQueueTotals | null;
+  /** What the magics and snippets use when no model is named. */
+  default_model?: string | null;
+  /** A sentence about a model, for the names that have one (e.g. "a base model, not instruction-tuned"). */
+  model_notes?: Record<string, string>;
+  queue?: IQueueTotals;
   gpu?: IGpuFit | null;
-  user?: { name: string; admin: boolean };
-  backend_url?: string;
+  user?: IUser;
+  /** The service's version. */
+  version?: string;
+  /** This server relays to one shared service. */
+  relay?: boolean;
 }
 
 /** One entry of Ollama's `GET api/tags`. */
@@ -71,6 +120,8 @@ export interface IModelTag {
     quantization_level?: string;
     format?: string;
   };
+  /** The service's sentence about this model (e.g. that it is a base model), if it has one. */
+  note?: string;
 }
 
 /** One entry of Ollama's `GET api/ps`. */

@@ -10,32 +10,21 @@ import {
   formatDuration,
   formatExpiresIn,
   gpuFit,
-  headline,
   jobFacts,
-  jobSentence,
+  kindLabel,
   modelDetails,
+  modelNote,
   parseTime,
   queueEntryText,
   queueTotalsText,
   runningText,
-  snippet,
-  stateSentence
+  snippet
 } from '../lib/format.js';
+import { ACTIVE_STATES } from '../lib/tokens.js';
 
 // A fixed local "now": 2025-11-25 09:30 in the machine's own time zone.
 const NOW = new Date(2025, 10, 25, 9, 30, 0);
 const at = (h, m) => new Date(2025, 10, 25, h, m, 0).toISOString();
-
-const base = {
-  kind: 'slurm',
-  protocol: 'ollama',
-  state: 'idle',
-  message: '',
-  healthy: false,
-  job: null,
-  successor: null,
-  models: []
-};
 
 describe('formatBytes', () => {
   it('uses decimal units like `ollama list`', () => {
@@ -69,8 +58,7 @@ describe('formatDuration', () => {
 });
 
 describe('parseTime and formatClock', () => {
-  it('parses ISO strings and epoch seconds; Slurm placeholders give null', () => {
-    assert.equal(parseTime(1_700_000_000).getTime(), 1_700_000_000_000);
+  it('parses ISO strings; Slurm placeholders give null', () => {
     assert.equal(parseTime('2025-11-25T10:42:00Z').getTime(), Date.UTC(2025, 10, 25, 10, 42));
     for (const nothing of [null, undefined, '', 'N/A', 'Unknown', 'None']) {
       assert.equal(parseTime(nothing), null);
@@ -89,21 +77,6 @@ describe('formatExpiresIn', () => {
     assert.equal(formatExpiresIn(at(9, 29), NOW), 'expiring');
     assert.equal(formatExpiresIn('2318-08-24T12:00:00Z', NOW), 'stays loaded');
     assert.equal(formatExpiresIn(undefined, NOW), '');
-  });
-});
-
-describe('jobSentence', () => {
-  it('describes a pending job with reason and estimated start', () => {
-    const job = { id: '1234', state: 'PENDING', reason: 'Resources', estimated_start: at(10, 42) };
-    assert.equal(jobSentence(job, NOW), 'job 1234 pending (Resources), estimated start 10:42');
-  });
-  it('leaves out empty reasons and unknown start times', () => {
-    const job = { id: '7', state: 'PENDING', reason: 'None', estimated_start: 'N/A' };
-    assert.equal(jobSentence(job, NOW), 'job 7 pending');
-  });
-  it('describes a running job with node and time left', () => {
-    const job = { id: '1234', state: 'RUNNING', node: 'gpu017', time_left_s: 3 * 3600 + 12 * 60 };
-    assert.equal(jobSentence(job, NOW), 'job 1234 running on gpu017, 3 h 12 min left');
   });
 });
 
@@ -145,41 +118,16 @@ describe('jobFacts', () => {
   });
 });
 
-describe('stateSentence', () => {
-  const running = { id: '1234', state: 'RUNNING', node: 'gpu017', time_left_s: 11_520 };
-  const cases = [
-    [{ state: 'idle' }, 'No GPU job (starts on first request)'],
-    [{ state: 'idle', kind: 'local' }, 'Backend not running (starts on first request)'],
-    [{ state: 'idle', kind: 'upstream' }, 'Idle'],
-    [{ state: 'submitting' }, 'Submitting a GPU job…'],
-    [
-      { state: 'pending', job: { id: '1234', state: 'PENDING', reason: 'Resources', estimated_start: at(10, 42) } },
-      'Waiting for a GPU: job 1234 pending (Resources), estimated start 10:42'
-    ],
-    [{ state: 'starting', job: { ...running, time_left_s: null } }, 'Starting on node gpu017: loading the backend'],
-    [{ state: 'ready', job: running }, 'Ready on node gpu017, 3 h 12 min left'],
-    [{ state: 'ready', kind: 'upstream' }, 'Ready'],
-    [
-      { state: 'renewing', job: running, successor: { id: '1240', state: 'PENDING', reason: 'None' } },
-      'Renewing: successor job 1240 pending'
-    ],
-    [
-      { state: 'draining', job: running, successor: { id: '1240', state: 'RUNNING', node: 'gpu018' } },
-      'Handing over to job 1240 on gpu018'
-    ],
-    [{ state: 'failed', last_error: 'sbatch: error: invalid partition' }, 'Failed: sbatch: error: invalid partition'],
-    [{ state: 'unknown', last_error: 'Slurm unavailable' }, 'State unknown: Slurm unavailable']
-  ];
-  for (const [fields, expected] of cases) {
-    it(`${fields.kind ?? 'slurm'} ${fields.state} → ${expected}`, () => {
-      assert.equal(stateSentence({ ...base, ...fields }, NOW), expected);
-    });
-  }
-  it('the headline prefers the server message', () => {
-    assert.equal(headline({ ...base, message: 'Waiting for a GPU (job 5)' }, NOW), 'Waiting for a GPU (job 5)');
-    assert.equal(headline({ ...base, message: '  ' }, NOW), 'No GPU job (starts on first request)');
-    // the server's fallback is the bare state name: ours reads better
-    assert.equal(headline({ ...base, message: 'idle' }, NOW), 'No GPU job (starts on first request)');
+describe('state', () => {
+  it('names every backend kind', () => {
+    assert.equal(kindLabel('slurm'), 'Slurm GPU job');
+    assert.equal(kindLabel('local'), 'Local backend');
+    assert.equal(kindLabel('upstream'), 'Remote backend');
+    assert.equal(kindLabel('relay'), 'Shared service');
+    assert.equal(kindLabel('unconfigured'), 'Not configured');
+  });
+  it('knows the states in which Start would do nothing (state.ACTIVE_STATES)', () => {
+    assert.deepEqual([...ACTIVE_STATES].sort(), ['draining', 'pending', 'ready', 'renewing', 'starting', 'submitting']);
   });
 });
 
@@ -192,6 +140,13 @@ describe('models', () => {
   it('lists size, family, parameters and quantization', () => {
     assert.equal(modelDetails(tag), '271 MB · llama · 135M · Q8_0');
     assert.equal(modelDetails({ name: 'x' }), '');
+  });
+  it("shows the service's note on a model, from the tag or from the state's model_notes", () => {
+    const note = 'A base model, not instruction-tuned: it continues text.';
+    assert.equal(modelNote({ name: 'gemma3:270m', note }, {}), note);
+    assert.equal(modelNote({ name: 'gemma3:270m' }, { 'gemma3:270m': note }), note);
+    assert.equal(modelNote({ name: 'smollm2:135m' }, { 'gemma3:270m': note }), '');
+    assert.equal(modelNote({ name: 'x' }, undefined), '');
   });
   it('says whether a model fits the GPU', () => {
     const gpu = {

@@ -50,7 +50,7 @@ export class LLMPanel extends VDomRenderer<LLMModel> {
           <>
             <StateSection state={state} commands={commands} />
             <ModelsSection state={state} models={model.models} running={model.running} commands={commands} />
-            <RunningSection running={model.running} up={model.isUp} />
+            <RunningSection running={model.running} serving={model.serving} />
             <QueueSection queue={model.queue} state={state} />
           </>
         ) : (

@@ -7,10 +7,10 @@ import { CommandIDs } from '../commands';
 import {
   SnippetKind,
   gpuFit,
-  headline,
   jobFacts,
   kindLabel,
   modelDetails,
+  modelNote,
   queueEntryText,
   queueTotalsText,
   runningText
@@ -74,16 +74,21 @@ function JobFacts(props: { job: IJob; title: string; testid: string; now: Date }
   );
 }
 
-/** The state sentence, the jobs, and the admins' controls. */
+/** The server's sentence on the backend, the jobs, and the admins' controls. */
 export function StateSection(props: { state: IBackendState; commands: CommandRegistry }): JSX.Element {
   const { state, commands } = props;
   const now = new Date();
-  const canControl = state.user?.admin && state.kind !== 'upstream';
+  const canControl = state.user?.admin && state.kind !== 'upstream' && state.kind !== 'unconfigured';
   return (
     <section className="jp-LLMPanel-section" data-testid="llm-status">
-      <div className={`jp-LLMPanel-state jp-mod-${state.state}`} data-testid="llm-state" data-state={state.state}>
+      <div
+        className={`jp-LLMPanel-state jp-mod-${state.state}${state.serving ? ' jp-mod-serving' : ''}`}
+        data-testid="llm-state"
+        data-state={state.state}
+        data-serving={state.serving ? 'true' : 'false'}
+      >
         <span className="jp-LLMPanel-dot" aria-hidden="true" />
-        <span>{headline(state, now)}</span>
+        <span>{state.message || state.state}</span>
       </div>
       <div className="jp-LLMPanel-subtle">
         {kindLabel(state.kind)} · {state.protocol === 'openai' ? 'OpenAI-compatible' : 'Ollama'} API
@@ -156,6 +161,7 @@ export function ModelsSection(props: {
         <ul className="jp-LLMPanel-list">
           {models.map(tag => {
             const fit = gpuFit(tag.name, state.gpu);
+            const note = modelNote(tag, state.model_notes);
             return (
               <li key={tag.name} className="jp-LLMPanel-item" data-model={tag.name}>
                 <div className="jp-LLMPanel-itemMain">
@@ -166,6 +172,11 @@ export function ModelsSection(props: {
                   </div>
                   {fit && (
                     <div className={`jp-LLMPanel-fit ${fit.fits ? 'jp-mod-fits' : 'jp-mod-toolarge'}`}>{fit.text}</div>
+                  )}
+                  {note && (
+                    <div className="jp-LLMPanel-subtle jp-LLMPanel-note" data-testid="llm-model-note">
+                      {note}
+                    </div>
                   )}
                 </div>
                 <button
@@ -187,14 +198,14 @@ export function ModelsSection(props: {
 }
 
 /** Models loaded in the backend now. */
-export function RunningSection(props: { running: IRunningModel[]; up: boolean }): JSX.Element {
-  const { running, up } = props;
+export function RunningSection(props: { running: IRunningModel[]; serving: boolean }): JSX.Element {
+  const { running, serving } = props;
   const now = new Date();
   return (
     <section className="jp-LLMPanel-section" data-testid="llm-running">
       <h3 className="jp-LLMPanel-heading">Loaded now</h3>
       {running.length === 0 ? (
-        <div className="jp-LLMPanel-subtle">{up ? 'No model loaded.' : 'None: the backend is not running.'}</div>
+        <div className="jp-LLMPanel-subtle">{serving ? 'No model loaded.' : 'None: the backend is not running.'}</div>
       ) : (
         <ul className="jp-LLMPanel-list">
           {running.map(model => (
