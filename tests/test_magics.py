@@ -44,6 +44,7 @@ MODELS = ["smollm2:135m", "tiny", "slow", "endless", "busy"]
 CHUNKS = 8
 CHUNK_DELAY = 0.2
 SLOW_WAIT = 2.5
+TINY_NOTE = "A base model: it continues text and may echo the prompt."
 
 
 # -- the stand-in service ---------------------------------------------------------------------
@@ -148,6 +149,7 @@ class _Handler(BaseHTTPRequestHandler):
              "details": {"parameter_size": "135M", "quantization_level": "Q8_0", "family": "llama"}}
             for m in MODELS
         ]  # fmt: skip
+        entries[1]["note"] = TINY_NOTE  # how the service marks e.g. a base model
         self._send(200, {"models": entries})
 
     def r_api_ps(self, _body: dict) -> None:
@@ -266,10 +268,11 @@ class _Handler(BaseHTTPRequestHandler):
     def r_backend_state(self, _body: dict) -> None:
         fake = self.server.fake
         if fake.waiting:
-            doc = {"state": "pending", "message": "Waiting for a GPU: job 1234 pending (Resources)",
+            doc = {"state": "pending", "serving": False,
+                   "message": "Waiting for a GPU: job 1234 pending (Resources)",
                    "job": {"id": "1234", "state": "PENDING", "reason": "Resources"}}  # fmt: skip
         else:
-            doc = {"state": "ready", "message": "Ready on gpu017 (job 1234)",
+            doc = {"state": "ready", "serving": True, "message": "Ready on gpu017 (job 1234)",
                    "job": {"id": "1234", "state": "RUNNING", "reason": None, "node": "gpu017"}}  # fmt: skip
         totals = {"waiting": 2 * fake.waiting, "running": 0}
         doc.update(
@@ -720,8 +723,12 @@ def test_interrupt_cancels_the_request(kernel: Kernel, service: Service) -> None
 def test_models_status_help(kernel: Kernel, service: Service) -> None:
     models = kernel.ok("%llm models", timeout=60).text()
     assert "| `smollm2:135m` |" in models and "default" in models
+    # the service's note on a model (api/tags `note`) is shown where users pick models
+    assert f"| `tiny` | 0.3 GB | 135M | Q8_0 |  | {TINY_NOTE} |" in models, models
     run = kernel.ok("%llm status", timeout=60)
-    assert "LLM service" in run.text()
+    # the service's own sentence and its `serving` field, nothing worked out by the magic
+    state = httpx.get(service.url + "backend/state", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert f"**LLM service** (serving): {state['message']}" in run.text()
     if not service.real:  # the fake says: a job, and the user is an admin -> Start/Stop buttons
         assert "job 1234" in run.text()
         assert any("application/vnd.jupyter.widget-view+json" in m["content"]["data"] for m in run.outputs())
