@@ -303,17 +303,6 @@ class AccessLogFormatter(logging.Formatter):
         return f"[A {stamp}.{int(record.msecs):03d} llm] {record.getMessage()}"
 
 
-def _ensure_access_handler(logger: logging.Logger) -> None:
-    """Access lines go to stderr (journald under systemd) unless the site configured the logger."""
-    if logger.handlers:
-        return
-    handler = logging.StreamHandler()
-    handler.setFormatter(AccessLogFormatter())
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-
-
 # -- the fan-out ---------------------------------------------------------------------------------
 class RequestTrace:
     """Clock of one request, from :meth:`Telemetry.begin` to :meth:`finish` (monotonic times)."""
@@ -416,9 +405,9 @@ class Telemetry:
         self.metrics = Metrics(per_user=per_user, groups=groups, version=version)
         self.usage = UsageBook(log_file=usage_log_file, clock=clock)
         self.access_log = access_log
+        # where its lines go is the host's business: the standalone app and the Jupyter server
+        # route the "jupyter_llm_af" loggers to their own handlers (or a site's logging_config)
         self.access_logger = logging.getLogger(ACCESS_LOGGER)
-        if access_log:
-            _ensure_access_handler(self.access_logger)
         self._clock = clock
         self._queues: dict[str, tuple[int, int]] = {}
 
@@ -439,12 +428,15 @@ class Telemetry:
         self, route: str, api: str, user: str, groups: Sequence[str] = (), method: str = ""
     ) -> RequestTrace:
         """Start timing a request (counts as in flight until its ``finish``)."""
+        api = getattr(api, "value", api)  # routes.Api is a str Enum
         self._inflight(api, +1)
         return RequestTrace(self, route, api, user, groups, method)
 
     def record(self, rec: RequestRecord) -> None:
         """Metrics, usage (API requests of a known user) and one access-log line."""
         try:
+            if type(rec.api) is not str:  # routes.Api is a str Enum: label with its value
+                rec.api = str(getattr(rec.api, "value", rec.api))
             self.metrics.observe_request(rec)
             if rec.api != "service" and rec.user:
                 self.usage.add(rec)
