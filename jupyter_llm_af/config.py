@@ -12,33 +12,7 @@ import os
 from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default
 from traitlets.config import Configurable
 
-DEFAULT_BATCH_SCRIPT = """#!/bin/bash
-#SBATCH --job-name={job_name}
-#SBATCH --output={state_dir}/{job_name}-%j.out
-#SBATCH --chdir={state_dir}
-#SBATCH --time={time_limit}
-#SBATCH --signal=B:USR1@{signal_before_s}
-{sbatch_directives}
-# Written by jupyter_llm_af. The service reads the endpoint file to find this backend.
-set -u
-{env_exports}
-ENDPOINT_FILE="{state_dir}/endpoint-$SLURM_JOB_ID.json"
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')
-# JUPYTER_LLM_AF_HOST (in slurm_backend_env) names the interface the service should use
-HOST=${{JUPYTER_LLM_AF_HOST:-$(hostname -f 2>/dev/null || hostname)}}
-echo "job $SLURM_JOB_ID started on $HOST at $(date +%s.%N)"
-export OLLAMA_HOST="0.0.0.0:$PORT"
-export JUPYTER_LLM_AF_PORT="$PORT"
-# written then renamed, so the service never reads half a file
-printf '{{"host": "%s", "port": %s, "job_id": "%s"}}\\n' "$HOST" "$PORT" "$SLURM_JOB_ID" >"$ENDPOINT_FILE.tmp"
-mv "$ENDPOINT_FILE.tmp" "$ENDPOINT_FILE"
-{backend_command} &
-CHILD=$!
-trap 'kill -TERM $CHILD 2>/dev/null' TERM INT
-trap 'echo "time limit near: the service submits a successor"' USR1
-while kill -0 $CHILD 2>/dev/null; do wait $CHILD; done
-rm -f "$ENDPOINT_FILE"
-"""
+from .backends.slurm_script import DEFAULT_BATCH_SCRIPT
 
 
 class LLMService(Configurable):

@@ -105,7 +105,8 @@ def test_from_config_reads_the_service_settings(tmp_path: Path) -> None:
     )
     backend = SlurmBackend.from_config(cfg, runtime_dir=str(tmp_path))
     assert backend.state_dir == tmp_path / "llm-af-slurm"
-    assert (backend.renew_before, backend.idle_timeout, backend.job_name) == (300.0, 900.0, "llm-svc")
+    settings = backend.settings
+    assert (settings.renew_before, settings.idle_timeout, settings.job_name) == (300.0, 900.0, "llm-svc")
     script = backend.render_script()
     for line in ("#SBATCH --partition=gpu", "#SBATCH --gres=gpu:a100:1", "#SBATCH --mem=64G"):
         assert line in script.splitlines()

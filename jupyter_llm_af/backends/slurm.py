@@ -1,6 +1,6 @@
 """Slurm launcher: the inference backend runs in a batch job submitted on demand.
 
-Lifecycle (``describe()["state"]``)::
+Lifecycle (``describe()["state"]``, a :class:`~jupyter_llm_af.state.BackendState`)::
 
     idle → submitting → pending → starting → ready → renewing → (handover) → draining → ready …
                                                        ready → (idle_timeout) → idle
@@ -14,19 +14,21 @@ probes ``GET /`` before any request is sent to it. Before the job's time runs ou
 users are active) a successor job is submitted; once it answers, the models loaded on the old
 job are warmed on the new one, new leases go to the new job, and the old job is cancelled when
 its in-flight requests are done.
+
+The pure parts live beside this loop: sentences in ``slurm_messages``, the per-job record and
+its JSON in ``slurm_jobs``, the state dir's files in ``slurm_files``, the batch script in
+``slurm_script``, the settings in ``slurm_settings`` and the Slurm commands in ``slurm_cli``
+(injectable: ``tests/resources/fake_slurm.py`` drives the decisions in milliseconds).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import dataclasses
 import logging
 import math
-import os
-import shlex
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,156 +36,48 @@ from typing import Any
 import httpx
 
 from ..errors import BackendUnavailable
+from ..state import BackendState, LauncherState
+from . import slurm_messages as msg
 from .base import Backend, ControlNotSupported, Endpoint
-from .slurm_cli import (
-    JobInfo,
-    JobPhase,
-    SlurmCLI,
-    SlurmCommands,
-    SlurmError,
-    SlurmSubmitError,
-)
+from .slurm_cli import JobInfo, JobPhase, SlurmCLI, SlurmError, SlurmOps, SlurmSubmitError
+from .slurm_files import StateDir
+from .slurm_jobs import SlurmJob, job_doc
+from .slurm_messages import human_duration
+from .slurm_script import render_script
+from .slurm_settings import MAX_PENDING_POLL_S, SlurmSettings
+
+__all__ = ["SlurmBackend", "SlurmSettings", "human_duration"]
 
 log = logging.getLogger(__name__)
 
 FAST_POLL_S = 0.2  # right after submit and while the backend starts
-MAX_PENDING_POLL_S = 5.0  # longest squeue interval while a job pends
-STEADY_POLL_S = 5.0  # squeue + health probe while ready
 UNKNOWN_POLL_S = 2.0  # scontrol ping while the controller is down
 ESTIMATE_EVERY_S = 10.0  # squeue --start while pending without an estimate
 PROBE_FAILURES_TO_UNREADY = 3
 
 
-@dataclass
-class _Job:
-    """What the service knows about one of its jobs."""
-
-    id: str
-    info: JobInfo | None = None
-    phase: JobPhase = JobPhase.PENDING
-    submitted_mono: float = field(default_factory=time.monotonic)
-    submitted_at: datetime | None = None
-    estimated_start: datetime | None = None
-    next_estimate_mono: float = field(default_factory=lambda: time.monotonic() + 2.0)  # backfill first
-    running_since: float | None = None  # monotonic, first seen RUNNING
-    unready_since: float | None = None  # monotonic, since when it should answer but does not
-    url: str | None = None
-    host: str | None = None
-    ready: bool = False
-    probe_failures: int = 0
-    last_probe_mono: float = 0.0
-    events: dict[str, float] = field(default_factory=dict)  # wall-clock times (benchmarks, logs)
-
-    def mark(self, event: str) -> None:
-        self.events.setdefault(event, time.time())
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat(timespec="seconds") if value else None
-
-
-def _finite(value: float | None) -> float | None:
-    return None if value is None or math.isinf(value) else round(value, 1)
-
-
-def human_duration(seconds: float) -> str:
-    """``3 h 12 min``, ``4 min``, ``45 s``: for the sentences users read."""
-    seconds = max(0, int(seconds))
-    if seconds >= 86400:
-        return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
-    if seconds >= 3600:
-        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
-    if seconds >= 60:
-        return f"{seconds // 60} min"
-    return f"{seconds} s"
-
-
-def _clock(value: datetime) -> str:
-    now = datetime.now().astimezone()
-    local = value.astimezone(now.tzinfo)
-    return local.strftime("%H:%M") if local.date() == now.date() else local.strftime("%b %d %H:%M")
-
-
 class SlurmBackend(Backend):
-    """Runs the inference backend (``ollama serve`` by default) in a Slurm batch job."""
+    """Runs the inference backend (``ollama serve`` by default) in a Slurm batch job.
+
+    ``SlurmBackend(settings)`` or ``SlurmBackend(state_dir=..., job_name=..., ...)`` (the fields of
+    :class:`SlurmSettings`); ``cli`` replaces the Slurm command line (a fake in unit tests).
+    """
 
     kind = "slurm"
 
-    def __init__(
-        self,
-        *,
-        state_dir: str | os.PathLike[str],
-        job_name: str = "jupyter-llm-af",
-        backend_command: str = "ollama serve",
-        backend_env: dict[str, str] | None = None,
-        partition: str = "",
-        account: str = "",
-        qos: str = "",
-        gres: str = "gpu:1",
-        time_limit: str = "04:00:00",
-        extra_directives: list[str] | None = None,
-        batch_script: str | None = None,
-        submit_command: str = "sbatch --parsable",
-        query_command: str = "squeue -h -o %i|%j|%T|%r|%N|%L|%l|%S|%e|%V",
-        start_command: str = "squeue --start -h -o %i|%S",
-        cancel_command: str = "scancel",
-        ping_command: str = "scontrol ping",
-        command_timeout: float = 15.0,
-        slurm_env: dict[str, str] | None = None,
-        renew_before: float = 600.0,
-        idle_timeout: float = 1800.0,
-        backend_ready_timeout: float = 600.0,
-        cancel_on_shutdown: bool = True,
-        submit_backoff: float = 30.0,
-        probe_timeout: float = 3.0,
-        warm_timeout: float = 300.0,
-        warm_keep_alive: str | None = None,
-        max_pending_poll: float = MAX_PENDING_POLL_S,
-        steady_poll: float = STEADY_POLL_S,
-        user: str | None = None,
-    ):
+    def __init__(self, settings: SlurmSettings | None = None, *, cli: SlurmOps | None = None, **fields: Any):
         super().__init__()
-        self.state_dir = Path(state_dir)
-        self.job_name = job_name
-        self.backend_command = backend_command
-        self.backend_env = dict(backend_env or {})
-        self.partition, self.account, self.qos, self.gres = partition, account, qos, gres
-        self.time_limit = time_limit
-        self.extra_directives = list(extra_directives or [])
-        if batch_script is None:
-            from ..config import DEFAULT_BATCH_SCRIPT  # the one template, with the settings' help
+        if settings is None:
+            settings = SlurmSettings(**fields)
+        elif fields:
+            settings = dataclasses.replace(settings, **fields)
+        self.settings = settings
+        self.files = StateDir(settings.state_dir, settings.job_name)
+        self.cli: SlurmOps = cli or SlurmCLI(settings.commands(), user=settings.user, env=settings.slurm_env)
 
-            batch_script = DEFAULT_BATCH_SCRIPT
-        self.batch_script = batch_script
-        self.renew_before = renew_before
-        self.idle_timeout = idle_timeout
-        self.backend_ready_timeout = backend_ready_timeout
-        self.cancel_on_shutdown = cancel_on_shutdown
-        self.submit_backoff = submit_backoff
-        self.probe_timeout = probe_timeout
-        self.warm_timeout = warm_timeout
-        self.warm_keep_alive = warm_keep_alive or self.backend_env.get("OLLAMA_KEEP_ALIVE") or "30m"
-        self.max_pending_poll = max_pending_poll
-        self.steady_poll = steady_poll
-        self.cli = SlurmCLI(
-            SlurmCommands(
-                submit=submit_command,
-                query=query_command,
-                start_estimate=start_command,
-                cancel=cancel_command,
-                ping=ping_command,
-                timeout=command_timeout,
-            ),
-            user=user,
-            env=slurm_env,
-        )
-        for key in self.backend_env:
-            if not key.isidentifier():
-                raise ValueError(f"slurm_backend_env: {key!r} is not a valid environment variable name")
-
-        self._current: _Job | None = None
-        self._successor: _Job | None = None
-        self._draining: dict[str, _Job] = {}
+        self._current: SlurmJob | None = None
+        self._successor: SlurmJob | None = None
+        self._draining: dict[str, SlurmJob] = {}
         self._submitting = False
         self._releasing = False
         self._waiters = 0
@@ -206,7 +100,7 @@ class SlurmBackend(Backend):
         self._handover_task: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
         self.submitted_job_ids: list[str] = []  # jobs this instance submitted (tests, benchmarks)
-        self.jobs_seen: dict[str, _Job] = {}  # every job tracked, by id (events for benchmarks)
+        self.jobs_seen: dict[str, SlurmJob] = {}  # every job tracked, by id (events for benchmarks)
 
     # -- construction from the service's settings ----------------------------------------------
     @classmethod
@@ -215,52 +109,19 @@ class SlurmBackend(Backend):
 
         ``runtime_dir`` (the Jupyter runtime dir) holds the state dir when ``slurm_state_dir`` is empty.
         """
-        state_dir = getattr(cfg, "slurm_state_dir", "") or ""
-        if not state_dir:
-            if runtime_dir is None:
-                try:
-                    from jupyter_core.paths import jupyter_runtime_dir
+        return cls(SlurmSettings.from_config(cfg, runtime_dir, **overrides))
 
-                    runtime_dir = jupyter_runtime_dir()
-                except ImportError:
-                    runtime_dir = os.path.join(
-                        os.path.expanduser("~"), ".local", "share", "jupyter", "runtime"
-                    )
-            state_dir = os.path.join(runtime_dir, "llm-af-slurm")
-        settings: dict[str, Any] = dict(
-            state_dir=state_dir,
-            job_name=cfg.slurm_job_name,
-            backend_command=cfg.slurm_backend_command,
-            backend_env=dict(cfg.slurm_backend_env),
-            partition=cfg.slurm_partition,
-            account=cfg.slurm_account,
-            qos=cfg.slurm_qos,
-            gres=cfg.slurm_gres,
-            time_limit=cfg.slurm_time_limit,
-            extra_directives=list(cfg.slurm_extra_directives),
-            batch_script=cfg.slurm_batch_script,
-            submit_command=cfg.slurm_submit_command,
-            query_command=cfg.slurm_query_command,
-            cancel_command=cfg.slurm_cancel_command,
-            command_timeout=cfg.slurm_command_timeout,
-            renew_before=cfg.renew_before,
-            idle_timeout=cfg.idle_timeout,
-            backend_ready_timeout=cfg.backend_ready_timeout,
-            cancel_on_shutdown=cfg.cancel_on_shutdown,
-            submit_backoff=cfg.submit_backoff,
-        )
-        # traits added later than the others: tolerate an older LLMService
-        for trait, key in (("slurm_start_command", "start_command"), ("slurm_ping_command", "ping_command")):
-            if hasattr(cfg, trait):
-                settings[key] = getattr(cfg, trait)
-        if hasattr(cfg, "connect_timeout"):
-            settings["probe_timeout"] = float(cfg.connect_timeout)
-        settings.update(overrides)
-        return cls(**settings)
+    @property
+    def state_dir(self) -> Path:
+        return self.settings.state_dir
+
+    @property
+    def job_name(self) -> str:
+        return self.settings.job_name
 
     # -- Backend hooks -----------------------------------------------------------------------------
     async def start(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.files.create()
         self._http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
         # adopt a job left by an earlier run before any request can ask for a new one
         async with self._lock:
@@ -275,7 +136,7 @@ class SlurmBackend(Backend):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        if self.cancel_on_shutdown:
+        if self.settings.cancel_on_shutdown:
             jobs = self._tracked_jobs()
             if jobs:
                 try:
@@ -300,11 +161,11 @@ class SlurmBackend(Backend):
         if endpoint:
             return endpoint
         if self._closed:
-            raise BackendUnavailable("The LLM service is shutting down.", retry_after=10)
+            raise BackendUnavailable(msg.SHUTTING_DOWN, retry_after=10)
         now = time.monotonic()
         if self._failed and self._current is None and now < self._retry_not_before:
             raise BackendUnavailable(
-                f"The GPU job could not be started: {self._last_error}",
+                msg.could_not_start(self._last_error),
                 retry_after=max(1, min(60, math.ceil(self._retry_not_before - now))),
             )
         failure_seq, stop_seq = self._failure_seq, self._stop_seq
@@ -315,18 +176,17 @@ class SlurmBackend(Backend):
                 if endpoint:
                     return endpoint
                 if self._closed:
-                    raise BackendUnavailable("The LLM service is shutting down.", retry_after=10)
+                    raise BackendUnavailable(msg.SHUTTING_DOWN, retry_after=10)
                 if self._failure_seq != failure_seq:
                     raise BackendUnavailable(self._failure_message, retry_after=self._retry_after())
                 if self._stop_seq != stop_seq:
-                    raise BackendUnavailable("The GPU job was stopped by an administrator.", retry_after=30)
+                    raise BackendUnavailable(msg.STOPPED_BY_ADMIN, retry_after=30)
                 if self._current is None:
                     self._wake.set()  # the loop may be sleeping long while idle
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise BackendUnavailable(
-                        f"No GPU backend within the wait limit. {self.wait_message()}.",
-                        retry_after=self._retry_after(),
+                        msg.wait_limit_passed(self.wait_message()), retry_after=self._retry_after()
                     )
                 changed = self._changed
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -334,14 +194,16 @@ class SlurmBackend(Backend):
         finally:
             self._waiters -= 1
 
-    def describe(self, admin: bool = False) -> dict[str, Any]:
+    # base.Backend.describe still says dict[str, Any]; LauncherState is the contract (state.py)
+    def describe(self, admin: bool = False) -> LauncherState:  # type: ignore[override]
         current = self._current
-        result: dict[str, Any] = {
+        reachable = self._slurm_ok is not False
+        result: LauncherState = {
             "kind": self.kind,
-            "state": self.state,
+            "state": self.state.value,
             "message": self.wait_message(),
-            "job": self._job_json(current) if current else None,
-            "successor": self._job_json(self._successor) if self._successor else None,
+            "job": job_doc(current, reachable) if current else None,
+            "successor": job_doc(self._successor, reachable) if self._successor else None,
             "draining": sorted(self._draining),
             "idle_s": round(time.monotonic() - self.last_activity, 1),
             "inflight": self.inflight(),
@@ -354,40 +216,16 @@ class SlurmBackend(Backend):
         return result
 
     def wait_message(self) -> str:
-        state = self.state
-        cur, nxt = self._current, self._successor
-        if state == "idle":
-            return "No GPU job (starts on first request)"
-        if state == "submitting":
-            return "Submitting a GPU job to Slurm"
-        if state == "failed":
-            return f"The GPU job failed: {self._last_error}"
-        if state == "unknown":
-            why = (self._slurm_error or "no reply").strip().splitlines()[-1]
-            if cur and cur.ready:
-                return f"Slurm is not answering ({why}); serving from job {cur.id} on node {cur.host}"
-            if cur:
-                return f"Slurm is not answering ({why}); job {cur.id} in unknown state, waiting"
-            return f"Slurm is not answering ({why}); waiting to submit a GPU job"
-        assert cur is not None
-        if state == "pending":
-            return self._pending_sentence("Waiting for a GPU: job", cur)
-        if state == "starting":
-            node = cur.info.nodes if cur.info and cur.info.nodes else "its node"
-            return f"Starting: job {cur.id} running on {node}, waiting for the model server to answer"
-        if state == "renewing":
-            assert nxt is not None
-            if nxt.phase is JobPhase.PENDING:
-                head = self._pending_sentence("Renewing: successor job", nxt)
-            else:
-                head = f"Renewing: successor job {nxt.id} starting"
-            return f"{head}; {self._ready_sentence(cur)}"
-        if state == "draining":
-            if self._releasing:
-                return f"Releasing job {cur.id}"
-            busy = sum(self.inflight(k) for k in self._draining)
-            return f"{self._ready_sentence(cur)}; job {', '.join(self._draining)} finishing {busy} request(s)"
-        return self._ready_sentence(cur)
+        return msg.state_message(
+            self.state,
+            current=self._current,
+            successor=self._successor,
+            draining=list(self._draining),
+            draining_busy=sum(self.inflight(k) for k in self._draining),
+            releasing=self._releasing,
+            last_error=self._last_error,
+            slurm_error=self._slurm_error,
+        )
 
     async def control(self, action: str) -> dict[str, Any]:
         if action == "start":
@@ -396,14 +234,14 @@ class SlurmBackend(Backend):
                 self._retry_not_before = 0.0  # an admin asks explicitly: no backoff
             self._start_requested = True
             self._wake.set()
-            return self.describe(admin=True)
+            return dict(self.describe(admin=True))
         if action == "stop":
             async with self._lock:
                 await self._release("stopped by an administrator")
                 self._start_requested = False
                 self._stop_seq += 1
                 self._notify()
-            return self.describe(admin=True)
+            return dict(self.describe(admin=True))
         raise ControlNotSupported(f"the slurm backend has no '{action}' action")
 
     def endpoint_failed(self, endpoint: Endpoint) -> None:
@@ -415,89 +253,54 @@ class SlurmBackend(Backend):
 
     # -- state -----------------------------------------------------------------------------------
     @property
-    def state(self) -> str:
+    def state(self) -> BackendState:
         cur = self._current
         if self._submitting and cur is None:
-            return "submitting"
+            return BackendState.SUBMITTING
         if self._slurm_ok is False and (cur is not None or self._wanted() or not self._adopted):
-            return "unknown"
+            return BackendState.UNKNOWN
         if cur is None:
-            return "failed" if self._failed else "idle"
+            return BackendState.FAILED if self._failed else BackendState.IDLE
         if self._releasing:
-            return "draining"
+            return BackendState.DRAINING
         if cur.ready:
             if self._successor is not None:
-                return "renewing"
+                return BackendState.RENEWING
             if any(self.inflight(k) for k in self._draining):
-                return "draining"
-            return "ready"
+                return BackendState.DRAINING
+            return BackendState.READY
         if cur.phase is JobPhase.PENDING:
-            return "pending"
-        return "starting"
+            return BackendState.PENDING
+        return BackendState.STARTING
 
     def serving_url(self) -> str | None:
         """URL of the job serving now (for model lists in /backend/state); never starts a job."""
         ep = self._serving_endpoint()
         return ep.url if ep else None
 
+    def serving_endpoint(self) -> Endpoint | None:
+        """The endpoint serving now (URL and the headers it needs); never starts a job."""
+        return self._serving_endpoint()
+
     def _serving_endpoint(self) -> Endpoint | None:
         cur = self._current
-        if cur and cur.ready and cur.url and cur.phase is JobPhase.RUNNING and not self._releasing:
-            return Endpoint(url=cur.url, key=cur.id)
+        if cur and cur.ready and cur.phase is JobPhase.RUNNING and not self._releasing:
+            return cur.endpoint()
         return None
-
-    @staticmethod
-    def _estimated_start(job: _Job) -> datetime | None:
-        return job.estimated_start or (job.info.start_time if job.info else None)
-
-    def _pending_sentence(self, head: str, job: _Job) -> str:
-        reason = job.info.reason if job.info and job.info.reason else "queued"
-        text = f"{head} {job.id} pending ({reason})"
-        start = self._estimated_start(job)
-        if start:
-            text += f", estimated start {_clock(start)}"
-        return text
-
-    def _ready_sentence(self, job: _Job) -> str:
-        node = (job.info.nodes if job.info and job.info.nodes else None) or job.host or "?"
-        left = job.info.time_left_now() if job.info else None
-        if left is None:
-            return f"Ready on node {node}"
-        if math.isinf(left):
-            return f"Ready on node {node}, no time limit"
-        return f"Ready on node {node}, {human_duration(left)} left"
 
     def _retry_after(self) -> int:
         cur = self._current
         if self._failed:
             return max(1, min(60, math.ceil(self._retry_not_before - time.monotonic())))
         if cur and cur.phase is JobPhase.PENDING:
-            start = self._estimated_start(cur)
+            start = cur.expected_start()
             if start:
                 wait = (start - datetime.now().astimezone()).total_seconds()
                 return int(max(5, min(60, wait)))
             return 30
         return 10
 
-    def _job_json(self, job: _Job) -> dict[str, Any]:
-        info = job.info
-        running = job.phase in (JobPhase.RUNNING, JobPhase.ENDING, JobPhase.SUSPENDED)
-        pending = job.phase is JobPhase.PENDING
-        return {
-            "id": job.id,
-            "state": "UNKNOWN" if self._slurm_ok is False else (info.state if info else "SUBMITTED"),
-            "reason": info.reason if info else "",
-            "node": (info.nodes if info and info.nodes else None) or job.host,
-            "submitted_at": _iso(job.submitted_at or (info.submit_time if info else None)),
-            "started_at": _iso(info.start_time) if info and running else None,
-            "end_time": _iso(info.end_time) if info and not pending else None,
-            "time_left_s": _finite(info.time_left_now()) if info and running else None,
-            "time_limit_s": _finite(info.time_limit_s) if info else None,
-            "estimated_start": _iso(self._estimated_start(job)) if pending else None,
-            "ready": job.ready,
-        }
-
-    def _tracked_jobs(self) -> list[_Job]:
+    def _tracked_jobs(self) -> list[SlurmJob]:
         jobs = [j for j in (self._current, self._successor) if j is not None]
         return jobs + [j for j in self._draining.values() if j not in jobs]
 
@@ -594,14 +397,14 @@ class SlurmBackend(Backend):
                 log.warning("Slurm: job %s (%s) is not used by this service", info.id, info.state)
         self._adopted = True
 
-    def _adopt(self, info: JobInfo) -> _Job:
+    def _adopt(self, info: JobInfo) -> SlurmJob:
         log.info("Slurm: adopting job %s (%s)", info.id, info.state)
-        job = _Job(id=info.id, info=info, phase=info.phase, submitted_at=info.submit_time)
+        job = SlurmJob(id=info.id, info=info, phase=info.phase, submitted_at=info.submit_time)
         job.mark("adopted")
         self.jobs_seen[job.id] = job
         return job
 
-    async def _advance(self, job: _Job) -> None:
+    async def _advance(self, job: SlurmJob) -> None:
         """Move one job along: endpoint file → probe → ready; handle its end and timeouts."""
         now = time.monotonic()
         if job.phase is JobPhase.ENDED:
@@ -633,16 +436,15 @@ class SlurmBackend(Backend):
         if not job.ready:
             await self._read_endpoint_file(job)  # re-read until ready: a requeued job rewrites it
         if job.url is not None:
-            due = not job.ready or now - job.last_probe_mono >= self.steady_poll
+            due = not job.ready or now - job.last_probe_mono >= self.settings.steady_poll
             if due:
                 await self._probe_and_update(job)
         if not job.ready:
             since = job.unready_since or job.running_since
-            if now - since > self.backend_ready_timeout:
-                why = f"its backend did not answer within {self.backend_ready_timeout:g} s"
-                await self._give_up_on(job, why)
+            if now - since > self.settings.backend_ready_timeout:
+                await self._give_up_on(job, msg.not_answering(self.settings.backend_ready_timeout))
 
-    async def _probe_and_update(self, job: _Job) -> None:
+    async def _probe_and_update(self, job: SlurmJob) -> None:
         job.last_probe_mono = time.monotonic()
         ok = await self._probe(job.url or "")
         if ok:
@@ -665,48 +467,23 @@ class SlurmBackend(Backend):
         if self._http is None:
             return False
         try:
-            response = await self._http.get(url + "/", timeout=self.probe_timeout)
+            response = await self._http.get(url + "/", timeout=self.settings.probe_timeout)
         except httpx.HTTPError:
             return False
         return response.status_code == 200
 
-    async def _read_endpoint_file(self, job: _Job) -> None:
-        path = self._endpoint_path(job.id)
-
-        def read() -> dict[str, Any] | None:
-            try:
-                return json.loads(path.read_text())
-            except (FileNotFoundError, ValueError):
-                return None  # not written yet (it is renamed into place, so never half-written)
-
-        # a shared filesystem can stall: keep the event loop free
-        data = await asyncio.to_thread(read)
-        if not isinstance(data, dict):
-            return
-        try:
-            port = int(data["port"])
-        except (TypeError, KeyError, ValueError):
-            return
-        host = str(data.get("host") or "127.0.0.1")
-        job.host = host
-        job.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    async def _read_endpoint_file(self, job: SlurmJob) -> None:
+        record = await asyncio.to_thread(self.files.read_endpoint, job.id)  # a shared FS can stall
+        if record is None:
+            return  # not written yet (it is renamed into place, so never half-written)
+        job.host = record.host
+        job.url = record.url
         job.mark("endpoint")
 
-    def _endpoint_path(self, job_id: str) -> Path:
-        return self.state_dir / f"endpoint-{job_id}.json"
+    async def _remove_endpoint_file(self, job: SlurmJob) -> None:
+        await asyncio.to_thread(self.files.remove_endpoint, job.id)
 
-    async def _remove_endpoint_file(self, job: _Job) -> None:
-        await asyncio.to_thread(self._endpoint_path(job.id).unlink, True)
-
-    def _output_tail(self, job_id: str, lines: int = 5) -> str:
-        path = self.state_dir / f"{self.job_name}-{job_id}.out"
-        try:
-            text = path.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        return " | ".join(text[-lines:])
-
-    async def _job_ended(self, job: _Job) -> None:
+    async def _job_ended(self, job: SlurmJob) -> None:
         was_ready = job.ready or "ready" in job.events
         job.ready = False
         job.mark("ended")
@@ -719,7 +496,7 @@ class SlurmBackend(Backend):
                 if job is self._current:
                     self._set_failed(why, fail_waiters=self._successor is None)
                 else:
-                    self._renew_not_before = time.monotonic() + self.submit_backoff
+                    self._renew_not_before = time.monotonic() + self.settings.submit_backoff
                     self._last_error = f"Successor: {why}"
                     log.warning("Slurm: %s", self._last_error)
             if job is self._current:
@@ -729,7 +506,7 @@ class SlurmBackend(Backend):
         self._draining.pop(job.id, None)
         self._notify()
 
-    async def _final_state(self, job: _Job) -> str:
+    async def _final_state(self, job: SlurmJob) -> str:
         """TIMEOUT, CANCELLED, FAILED…: Slurm still lists ended jobs with ``-t all`` for a while."""
         with contextlib.suppress(SlurmError):
             for info in await self.cli.list_jobs(self.job_name, all_states=True):
@@ -737,26 +514,24 @@ class SlurmBackend(Backend):
                     return info.state
         return "ended"
 
-    async def _ended_early_message(self, job: _Job) -> str:
+    async def _ended_early_message(self, job: SlurmJob) -> str:
         state = await self._final_state(job)
-        tail = await asyncio.to_thread(self._output_tail, job.id)
-        return f"Job {job.id} ended ({state}) before its backend answered" + (
-            f"; its output ends with: {tail}" if tail else ""
-        )
+        tail = await asyncio.to_thread(self.files.output_tail, job.id)
+        return msg.ended_early(job.id, state, tail)
 
-    async def _give_up_on(self, job: _Job, why: str) -> None:
+    async def _give_up_on(self, job: SlurmJob, why: str) -> None:
         log.warning("Slurm: cancelling job %s: %s", job.id, why)
         with contextlib.suppress(SlurmError):
             await self.cli.cancel(job.id)
-        tail = await asyncio.to_thread(self._output_tail, job.id)
-        message = f"Job {job.id}: {why}" + (f"; its output ends with: {tail}" if tail else "")
+        tail = await asyncio.to_thread(self.files.output_tail, job.id)
+        message = msg.with_output(f"Job {job.id}: {why}", tail)
         await self._remove_endpoint_file(job)
         if job is self._current:
             self._current = None
             self._set_failed(message, fail_waiters=self._successor is None)
         elif job is self._successor:
             self._successor = None
-            self._renew_not_before = time.monotonic() + self.submit_backoff
+            self._renew_not_before = time.monotonic() + self.settings.submit_backoff
             self._last_error = message
         self._notify()
 
@@ -765,9 +540,9 @@ class SlurmBackend(Backend):
         self._last_error = message
         if fail_waiters:
             self._failed = True
-            self._retry_not_before = time.monotonic() + self.submit_backoff
+            self._retry_not_before = time.monotonic() + self.settings.submit_backoff
             self._start_requested = False
-            self._fail_waiters(f"The GPU job could not be started: {message}")
+            self._fail_waiters(msg.could_not_start(message))
 
     def _promote_successor_if_current_lost(self) -> None:
         """The serving job ended before its successor was ready: requests wait for the successor."""
@@ -781,6 +556,7 @@ class SlurmBackend(Backend):
             self._current, self._successor = nxt, None
             self._notify()
 
+    # -- decisions -------------------------------------------------------------------------------
     async def _decide(self) -> None:
         now = time.monotonic()
         cur = self._current
@@ -790,7 +566,7 @@ class SlurmBackend(Backend):
             return
         self._start_requested = False  # an admin's "start" is satisfied by the job we have
         if self._successor is None and self._should_release(now):
-            await self._release(f"no request for {self.idle_timeout:g} s")
+            await self._release(f"no request for {self.settings.idle_timeout:g} s")
             return
         if self._successor is None and self._should_renew(cur, now):
             await self._submit(successor=True)
@@ -799,26 +575,27 @@ class SlurmBackend(Backend):
             self._handover_task = asyncio.create_task(self._handover(cur, nxt), name="slurm-handover")
 
     def _should_release(self, now: float) -> bool:
-        return not self._wanted() and self.inflight() == 0 and now - self.last_activity > self.idle_timeout
+        idle_for = now - self.last_activity
+        return not self._wanted() and self.inflight() == 0 and idle_for > self.settings.idle_timeout
 
-    def _renew_window(self, job: _Job) -> float:
+    def _renew_window(self, job: SlurmJob) -> float:
         # at most half the time limit, so a fresh successor does not need a successor at once
         limit = job.info.time_limit_s if job.info else None
         if limit is None or math.isinf(limit):
-            return self.renew_before
-        return min(self.renew_before, limit / 2)
+            return self.settings.renew_before
+        return min(self.settings.renew_before, limit / 2)
 
-    def _should_renew(self, cur: _Job, now: float) -> bool:
+    def _should_renew(self, cur: SlurmJob, now: float) -> bool:
         if not cur.ready or cur.info is None or now < self._renew_not_before:
             return False
         left = cur.info.time_left_now()
         if left is None or math.isinf(left) or left >= self._renew_window(cur):
             return False
-        active = self.inflight() > 0 or now - self.last_activity < self.idle_timeout
+        active = self.inflight() > 0 or now - self.last_activity < self.settings.idle_timeout
         return active
 
     async def _submit(self, *, successor: bool) -> None:
-        script = self.render_script()
+        script = render_script(self.settings)
         self._submitting = True
         self._notify()
         t_start = time.time()
@@ -830,25 +607,25 @@ class SlurmBackend(Backend):
                 # not a rejection; a listing must succeed before we try again (no duplicates)
                 self._slurm_ok = False
                 self._slurm_error = detail
-                self._last_error = f"sbatch could not reach Slurm: {detail}"
-                self._retry_not_before = time.monotonic() + min(self.submit_backoff, 5.0)
+                self._last_error = msg.sbatch_unreachable(detail)
+                self._retry_not_before = time.monotonic() + min(self.settings.submit_backoff, 5.0)
                 log.warning("Slurm: %s", self._last_error)
             elif successor:
-                self._last_error = f"Successor job rejected by Slurm: {detail}"
-                self._renew_not_before = time.monotonic() + self.submit_backoff
+                self._last_error = msg.successor_rejected(detail)
+                self._renew_not_before = time.monotonic() + self.settings.submit_backoff
                 log.warning("Slurm: %s", self._last_error)
             else:
-                self._set_failed(f"sbatch rejected the job: {detail}", fail_waiters=True)
+                self._set_failed(msg.sbatch_rejected(detail), fail_waiters=True)
             return
         except SlurmError as e:  # sbatch said something unparsable: it may have submitted
             self._last_error = f"sbatch: {e.message}"
-            self._retry_not_before = time.monotonic() + self.submit_backoff
+            self._retry_not_before = time.monotonic() + self.settings.submit_backoff
             log.warning("Slurm: %s", self._last_error)
             return
         finally:
             self._submitting = False
             self._notify()
-        job = _Job(id=job_id, submitted_at=datetime.now().astimezone())
+        job = SlurmJob(id=job_id, submitted_at=datetime.now().astimezone())
         job.events["submit_start"] = t_start
         job.mark("submitted")
         self.jobs_seen[job_id] = job
@@ -890,16 +667,16 @@ class SlurmBackend(Backend):
             self._notify()
 
     # -- successor handover ---------------------------------------------------------------------
-    async def _handover(self, old: _Job, new: _Job) -> None:
+    async def _handover(self, old: SlurmJob, new: SlurmJob) -> None:
         """Warm the new job with the old one's models, switch new leases, drain, cancel the old."""
         try:
             if old.ready and old.url and new.url:
-                left = old.info.time_left_now() if old.info else None
-                budget = self.warm_timeout
+                left = old.time_left()
+                budget = self.settings.warm_timeout
                 if left is not None and not math.isinf(left):
                     budget = min(budget, left - 5)  # the old job must still serve /api/ps
                 if budget > 0:
-                    await self._warm(old.url, new.url, budget)
+                    await self._warm(old, new, budget)
             async with self._lock:
                 if self._successor is new and self._current is old:
                     self._current, self._successor = new, None
@@ -909,7 +686,7 @@ class SlurmBackend(Backend):
                     self._notify()
                 elif self._current is not new or old not in self._tracked_jobs():
                     return  # things moved on (old ended, stop, release): nothing to drain
-            left = old.info.time_left_now() if old.info else None
+            left = old.time_left()
             drain_timeout = None if left is None or math.isinf(left) else max(1.0, left + 30)
             await self.wait_drained(old.id, drain_timeout)
             async with self._lock:
@@ -925,21 +702,24 @@ class SlurmBackend(Backend):
         except Exception:
             log.exception("Slurm: handover from job %s to %s failed", old.id, new.id)
 
-    async def _warm(self, old_url: str, new_url: str, budget: float) -> None:
-        assert self._http is not None
+    async def _warm(self, old: SlurmJob, new: SlurmJob, budget: float) -> None:
+        http = self._http
+        assert http is not None and old.url and new.url
         try:
-            response = await self._http.get(old_url + "/api/ps", timeout=self.probe_timeout)
+            response = await http.get(old.url + "/api/ps", timeout=self.settings.probe_timeout)
             models = [m.get("model") or m.get("name") for m in response.json().get("models", [])]
         except (httpx.HTTPError, ValueError, AttributeError):
             return  # not an Ollama backend, or the old one is gone: nothing to warm
         models = [m for m in models if m]
         if not models:
             return
+        new_url = new.url
 
         async def load(model: str) -> None:
-            body = {"model": model, "prompt": "", "keep_alive": self.warm_keep_alive, "stream": False}
+            keep_alive = self.settings.warm_keep_alive
+            body = {"model": model, "prompt": "", "keep_alive": keep_alive, "stream": False}
             with contextlib.suppress(httpx.HTTPError):
-                await self._http.post(new_url + "/api/generate", json=body, timeout=budget)  # type: ignore[union-attr]
+                await http.post(new_url + "/api/generate", json=body, timeout=budget)
 
         log.info("Slurm: warming %s on the successor", ", ".join(models))
         with contextlib.suppress(asyncio.TimeoutError):
@@ -947,27 +727,7 @@ class SlurmBackend(Backend):
 
     # -- batch script -------------------------------------------------------------------------------
     def render_script(self) -> str:
-        directives = [
-            f"--{opt}={value}"
-            for opt, value in (
-                ("partition", self.partition),
-                ("account", self.account),
-                ("qos", self.qos),
-                ("gres", self.gres),
-            )
-            if value
-        ]
-        directives += self.extra_directives
-        exports = [f"export {key}={shlex.quote(str(value))}" for key, value in self.backend_env.items()]
-        return self.batch_script.format(
-            job_name=self.job_name,
-            state_dir=str(self.state_dir),
-            time_limit=self.time_limit,
-            signal_before_s=int(max(1, min(self.renew_before, 65535))),
-            sbatch_directives="\n".join(f"#SBATCH {d}" for d in directives),
-            env_exports="\n".join(exports),
-            backend_command=self.backend_command,
-        )
+        return render_script(self.settings)
 
     # -- poll cadence -------------------------------------------------------------------------------
     def _next_interval(self) -> float:
@@ -977,11 +737,12 @@ class SlurmBackend(Backend):
             if self._wanted():
                 return max(FAST_POLL_S, self._retry_not_before - now)
             return 60.0  # nothing to watch: a request wakes the loop
-        intervals = [self.steady_poll]
+        intervals = [self.settings.steady_poll]
         for job in self._tracked_jobs():
             if job.phase is JobPhase.PENDING:
                 # fast right after submit, then slower the longer it pends
-                intervals.append(min(self.max_pending_poll, max(FAST_POLL_S, (now - job.submitted_mono) / 5)))
+                pending_for = now - job.submitted_mono
+                intervals.append(min(self.settings.max_pending_poll, max(FAST_POLL_S, pending_for / 5)))
             elif not job.ready and job.phase in (JobPhase.RUNNING, JobPhase.STARTING):
                 # fast while a quick backend comes up; a model loading for minutes needs no 5 Hz squeue
                 since = now - (job.running_since or now)
@@ -990,7 +751,7 @@ class SlurmBackend(Backend):
                 intervals.append(1.0)
         if cur is not None:
             # wake up in time for the idle release and for the renewal
-            intervals.append(max(FAST_POLL_S, self.last_activity + self.idle_timeout - now + 0.05))
+            intervals.append(max(FAST_POLL_S, self.last_activity + self.settings.idle_timeout - now + 0.05))
             if cur.ready and cur.info and self._successor is None:
                 left = cur.info.time_left_now()
                 if left is not None and not math.isinf(left):

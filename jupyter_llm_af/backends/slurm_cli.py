@@ -23,12 +23,15 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 # -- errors ---------------------------------------------------------------------------------
 
 
 class SlurmError(Exception):
     """A Slurm command failed. ``stderr`` is Slurm's own explanation (what users should see)."""
+
+    timed_out = False  # killed by its timeout: the controller may have acted (sbatch: submitted)
 
     def __init__(
         self, message: str, command: Sequence[str] = (), returncode: int | None = None, stderr: str = ""
@@ -43,7 +46,7 @@ class SlurmError(Exception):
     def controller_unreachable(self) -> bool:
         """True when the controller could not be asked (transient), not when it said no."""
         text = self.stderr.lower()
-        return isinstance(self, SlurmTimeout) or any(
+        return self.timed_out or any(
             marker in text
             for marker in (
                 "unable to contact slurm controller",
@@ -57,6 +60,8 @@ class SlurmError(Exception):
 
 class SlurmTimeout(SlurmError):
     """The command did not finish within its timeout and was killed."""
+
+    timed_out = True
 
 
 class SlurmCommandNotFound(SlurmError):
@@ -293,6 +298,22 @@ class SlurmCommands:
     timeout: float = 15.0
 
 
+class SlurmOps(Protocol):
+    """What the launcher asks of Slurm: :class:`SlurmCLI` on a cluster, a fake in unit tests."""
+
+    calls: Counter[str]
+
+    async def submit(self, script: str) -> str: ...
+
+    async def list_jobs(self, job_name: str, *, all_states: bool = False) -> list[JobInfo]: ...
+
+    async def estimated_start(self, job_id: str) -> datetime | None: ...
+
+    async def cancel(self, *job_ids: str) -> None: ...
+
+    async def ping(self) -> bool: ...
+
+
 class SlurmCLI:
     """The Slurm operations the launcher needs, as coroutines. Counts each call (for tests)."""
 
@@ -323,6 +344,7 @@ class SlurmCLI:
             out = await self._run("submit", argv, stdin=script)
         except SlurmError as e:
             err = SlurmSubmitError(e.message, e.command, e.returncode, e.stderr)
+            err.timed_out = e.timed_out  # a killed sbatch may have submitted: not a rejection
             raise err from e
         try:
             return parse_submit_output(out)

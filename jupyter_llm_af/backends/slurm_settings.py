@@ -1,0 +1,117 @@
+"""The Slurm launcher's settings: one plain dataclass, built once from the ``LLMService`` traits.
+
+Imports nothing from Jupyter or traitlets (``from_config`` reads the Configurable's attributes).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .slurm_cli import SlurmCommands
+from .slurm_script import DEFAULT_BATCH_SCRIPT
+
+MAX_PENDING_POLL_S = 5.0  # longest squeue interval while a job pends
+STEADY_POLL_S = 5.0  # squeue + health probe while ready
+
+
+@dataclass
+class SlurmSettings:
+    """Everything :class:`~jupyter_llm_af.backends.slurm.SlurmBackend` needs to know about the site."""
+
+    state_dir: Path
+    job_name: str = "jupyter-llm-af"
+    backend_command: str = "ollama serve"
+    backend_env: dict[str, str] = field(default_factory=dict)
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    gres: str = "gpu:1"
+    time_limit: str = "04:00:00"
+    extra_directives: list[str] = field(default_factory=list)
+    batch_script: str = DEFAULT_BATCH_SCRIPT
+    submit_command: str = SlurmCommands.submit
+    query_command: str = SlurmCommands.query
+    start_command: str = SlurmCommands.start_estimate
+    cancel_command: str = SlurmCommands.cancel
+    ping_command: str = SlurmCommands.ping
+    command_timeout: float = SlurmCommands.timeout
+    slurm_env: dict[str, str] | None = None
+    user: str | None = None
+    renew_before: float = 600.0
+    idle_timeout: float = 1800.0
+    backend_ready_timeout: float = 600.0
+    cancel_on_shutdown: bool = True
+    submit_backoff: float = 30.0
+    probe_timeout: float = 3.0
+    warm_timeout: float = 300.0
+    warm_keep_alive: str = ""  # empty: OLLAMA_KEEP_ALIVE from backend_env, else 30m
+    max_pending_poll: float = MAX_PENDING_POLL_S
+    steady_poll: float = STEADY_POLL_S
+
+    def __post_init__(self) -> None:
+        self.state_dir = Path(self.state_dir)
+        self.backend_env = {str(k): str(v) for k, v in self.backend_env.items()}
+        self.extra_directives = list(self.extra_directives)
+        for key in self.backend_env:
+            if not key.isidentifier():
+                raise ValueError(f"slurm_backend_env: {key!r} is not a valid environment variable name")
+        if not self.warm_keep_alive:
+            self.warm_keep_alive = self.backend_env.get("OLLAMA_KEEP_ALIVE") or "30m"
+
+    def commands(self) -> SlurmCommands:
+        return SlurmCommands(
+            submit=self.submit_command,
+            query=self.query_command,
+            start_estimate=self.start_command,
+            cancel=self.cancel_command,
+            ping=self.ping_command,
+            timeout=self.command_timeout,
+        )
+
+    @classmethod
+    def from_config(cls, cfg: Any, runtime_dir: str | None = None, **overrides: Any) -> SlurmSettings:
+        """Read the ``LLMService`` Configurable ``cfg``.
+
+        ``runtime_dir`` (the Jupyter runtime dir) holds the state dir when ``slurm_state_dir`` is empty.
+        """
+        state_dir = getattr(cfg, "slurm_state_dir", "") or ""
+        if not state_dir:
+            if runtime_dir is None:
+                try:
+                    from jupyter_core.paths import jupyter_runtime_dir
+
+                    runtime_dir = jupyter_runtime_dir()
+                except ImportError:
+                    home = os.path.expanduser("~")
+                    runtime_dir = os.path.join(home, ".local", "share", "jupyter", "runtime")
+            state_dir = os.path.join(runtime_dir, "llm-af-slurm")
+        values: dict[str, Any] = dict(
+            state_dir=state_dir,
+            job_name=cfg.slurm_job_name,
+            backend_command=cfg.slurm_backend_command,
+            backend_env=dict(cfg.slurm_backend_env),
+            partition=cfg.slurm_partition,
+            account=cfg.slurm_account,
+            qos=cfg.slurm_qos,
+            gres=cfg.slurm_gres,
+            time_limit=cfg.slurm_time_limit,
+            extra_directives=list(cfg.slurm_extra_directives),
+            batch_script=cfg.slurm_batch_script,
+            submit_command=cfg.slurm_submit_command,
+            query_command=cfg.slurm_query_command,
+            start_command=cfg.slurm_start_command,
+            cancel_command=cfg.slurm_cancel_command,
+            ping_command=cfg.slurm_ping_command,
+            command_timeout=cfg.slurm_command_timeout,
+            renew_before=cfg.renew_before,
+            idle_timeout=cfg.idle_timeout,
+            backend_ready_timeout=cfg.backend_ready_timeout,
+            cancel_on_shutdown=cfg.cancel_on_shutdown,
+            submit_backoff=cfg.submit_backoff,
+            probe_timeout=float(cfg.connect_timeout),
+        )
+        values.update(overrides)
+        return cls(**values)
