@@ -69,9 +69,9 @@ class LLMExtensionApp(ExtensionApp):
         self.handlers.extend(build_handlers("/" + MOUNT, JupyterAuthHandler, "Jupyter"))
 
     def _export_kernel_env(self) -> None:
-        """Zero-config clients: kernels inherit the server's environment."""
+        """Zero-config clients: kernels and terminals inherit the server's environment."""
         try:
-            from .kernel_env import kernel_environment
+            from .kernel_env import server_environment
         except ImportError:
             return
         app = self.serverapp
@@ -79,7 +79,8 @@ class LLMExtensionApp(ExtensionApp):
         if "://" not in url:
             url = f"http://{app.ip or '127.0.0.1'}:{app.port}{app.base_url}{MOUNT}"
         token = getattr(app.identity_provider, "token", "") or os.environ.get("JUPYTERHUB_API_TOKEN", "")
-        os.environ.update(kernel_environment(url, token, os.environ))
+        model = self.core.default_model()  # Claude Code's and Codex's default; None if not known yet
+        os.environ.update(server_environment(url, token, os.environ, app.runtime_dir, model))
 
     async def stop_extension(self) -> None:
         core = getattr(self, "core", None)

@@ -108,6 +108,8 @@ class _Handler(BaseHTTPRequestHandler):
             body: dict[str, Any] = {
                 "error": {"message": message, "type": "api_error", "param": None, "code": None}
             }
+        elif api == "anthropic":
+            body = {"type": "error", "error": {"type": "api_error", "message": message}}
         else:
             body = {"error": message}
         self._send(status, body, headers)
@@ -126,12 +128,15 @@ class _Handler(BaseHTTPRequestHandler):
         if not path.startswith(fake.prefix):
             return self._error("ollama", 404, "not under the service prefix")
         route = path[len(fake.prefix) :]
-        api = "openai" if route.startswith("v1/") else "ollama"
+        api = "ollama"
+        if route.startswith("v1/"):
+            api = "anthropic" if route.startswith("v1/messages") else "openai"
         auth = self.headers.get("Authorization", "")
         authorized = auth in (f"Bearer {TOKEN}", f"token {TOKEN}")
         fake.requests.append(
-            {"method": self.command, "route": route, "auth": authorized, "body": body, "t": time.monotonic()}
-        )
+            {"method": self.command, "route": route, "auth": authorized, "body": body, "t": time.monotonic(),
+             "x-api-key": self.headers.get("x-api-key")}
+        )  # fmt: skip
         if route == "":
             return self._send(200, "Ollama is running")
         if not authorized and fake.require_auth:
@@ -262,6 +267,19 @@ class _Handler(BaseHTTPRequestHandler):
         ]
         usage = {"prompt_tokens": 1, "total_tokens": 1}
         self._send(200, {"object": "list", "data": data, "model": body.get("model"), "usage": usage})
+
+    # Anthropic Messages API -------------------------------------------------------------------
+
+    def r_v1_messages(self, body: dict) -> None:
+        model = body.get("model", "")
+        if not self._check_model("anthropic", model):
+            return
+        text = reply_for(body.get("messages") or [])
+        self._send(200, {
+            "id": "msg_1", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": 3, "output_tokens": CHUNKS},
+        })  # fmt: skip
 
     # the service's own routes ----------------------------------------------------------------
 
