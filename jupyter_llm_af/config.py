@@ -96,6 +96,31 @@ class LLMService(Configurable):
         config=True,
         help="Total context per embedded model, shared by its slots (llama.cpp --ctx-size).",
     )
+    embedded_threads = Int(
+        0,
+        config=True,
+        help="""CPU threads per embedded model (llama.cpp --threads and --threads-batch).
+        0: automatic, 1 on a machine with 2 cores or fewer, else half the cores, at most 4.
+        llama.cpp's threads wait for each other after every step, so more threads than the
+        cores left free by busy neighbours (users' kernels) stall answers badly.""",
+    )
+    model_notes = Dict(
+        {
+            "gemma3:270m": "Base model (not instruction-tuned): it continues text and echoes prompts in "
+            "chat; use smollm2:135m for questions.",
+        },
+        config=True,
+        help="""A short note per model name, shown where users pick models (``/api/tags`` and
+        ``/api/show`` entries as ``note``, the panel, ``%llm models``), e.g. {"llama3.3:70b":
+        "best for code; slow"}.""",
+    )
+    model_defaults = Dict(
+        {"gemma3:270m": {"max_tokens": 200, "stop": ["<end_of_turn>", "<start_of_turn>", "\n\n\n"]}},
+        config=True,
+        help="""Generation defaults per model, applied when a request does not set them:
+        ``max_tokens`` (Ollama: ``options.num_predict``) and ``stop``. Keeps base models (which
+        never stop on their own) from filling the screen.""",
+    )
     default_model = Unicode(
         "",
         config=True,
@@ -218,6 +243,14 @@ class LLMService(Configurable):
         "ollama serve",
         config=True,
         help="Command the job runs; it must listen on $OLLAMA_HOST (port in $JUPYTER_LLM_AF_PORT).",
+    )
+    slurm_ready_path = Unicode(
+        "auto",
+        config=True,
+        help="""Path probed (GET, through the gateway) until the job's backend answers 200; only then
+        are requests sent to it. 'auto': picked from the command, else from ``backend_protocol``:
+        ``/`` for Ollama, ``/health`` for llama.cpp's llama-server, vLLM and SGLang (they answer
+        ``GET /`` with 404), ``/v1/models`` for llama-cpp-python. Set it for other servers.""",
     )
     slurm_backend_env = Dict(
         {},

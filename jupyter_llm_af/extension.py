@@ -13,30 +13,36 @@ from typing import Any
 
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.application import ExtensionApp
+from jupyter_server.utils import url_path_join
 from tornado.ioloop import IOLoop
 
 from .config import LLMService
-from .handlers import build_handlers
+from .handlers import LLMHandler, handler_specs
+from .pipeline import Identity
 from .service import LLMCore
 
 MOUNT = "llm/"
 
 
-class JupyterAuthHandler(APIHandler):
-    """Base for the Jupyter-mounted handlers: identity from Jupyter Server."""
+class JupyterLLMHandler(LLMHandler, APIHandler):
+    """Every route under ``{base_url}llm/``, with Jupyter Server's auth (token or cookie + XSRF)."""
 
-    def llm_identity(self) -> tuple[str, bool]:
+    auth_failure_status = 403  # as Jupyter Server's own API answers
+
+    def initialize(self, route: Any = None, prefix: str = "/", **kwargs: Any) -> None:
+        super().initialize(route, url_path_join(self.base_url, MOUNT))
+
+    def llm_identity(self) -> Identity:
         user = self.current_user
         name = getattr(user, "username", None) or getattr(user, "name", None) or str(user)
-        core: LLMCore = self.settings["llm_core"]
         hub_owner = os.environ.get("JUPYTERHUB_USER")
         if hub_owner:  # spawned by JupyterHub: the hub names the user (shared servers: other users)
-            return name, core.is_admin(name, owner=name == hub_owner)
+            return Identity(name, self.core.is_admin(name, owner=name == hub_owner))
         # Plain Jupyter Server: whoever holds its token or cookie is its owner. (Its identity
         # provider gives each token-only request a new anonymous name, which would defeat the
         # per-user queue limits; the OS user is the one stable name.)
         owner = _os_user()
-        return owner, core.is_admin(owner, owner=True)
+        return Identity(owner, self.core.is_admin(owner, owner=True))
 
 
 def _os_user() -> str:
@@ -66,7 +72,7 @@ class LLMExtensionApp(ExtensionApp):
         )
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend(build_handlers("/" + MOUNT, JupyterAuthHandler, "Jupyter"))
+        self.handlers.extend(handler_specs("/" + MOUNT, JupyterLLMHandler))
 
     def _export_kernel_env(self) -> None:
         """Zero-config clients: kernels and terminals inherit the server's environment."""

@@ -9,22 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncIterator, Mapping
-from urllib.parse import quote, urlsplit
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
 
 from .errors import UpstreamError
 
-# Paths a client may reach on the backend, per API. Anything else never leaves this service.
-OLLAMA_READ_PATHS = {"/api/version", "/api/tags", "/api/ps", "/api/show"}
-OLLAMA_INFERENCE_PATHS = {"/api/chat", "/api/generate", "/api/embed", "/api/embeddings"}
-OLLAMA_MANAGE_PATHS = {"/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete"}
-OPENAI_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"}
-_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}$")
-_BLOB_DIGEST = re.compile(r"^sha256[:-][0-9a-f]{64}$")
+# Which paths a client may reach on the backend is the route table's business
+# (routes.backend_target); this module only sends what it is given.
 
 # Request headers passed to the backend. An allow-list: cookies, Authorization, X-XSRFToken,
 # Forwarded/X-Forwarded-* and hop-by-hop headers never reach it.
@@ -33,30 +28,15 @@ _FORWARD_REQUEST_HEADERS = {"content-type", "accept", "user-agent", "openai-orga
 _FORWARD_RESPONSE_HEADERS = {"content-type", "retry-after", "x-request-id", "openai-processing-ms"}
 
 
-def upstream_path(path: str) -> str | None:
-    """Map a client path (relative to the service root) to the backend path, or None if not allowed.
-
-    ``/v1/models/{id}`` is the one parametrised route: the id is validated and re-quoted, so
-    ``..``, encoded slashes and absolute URLs cannot steer the request elsewhere.
-    """
-    if path in OLLAMA_READ_PATHS or path in OLLAMA_INFERENCE_PATHS or path in OPENAI_PATHS:
-        return path
-    if path in OLLAMA_MANAGE_PATHS:
-        return path
-    if path.startswith("/v1/models/"):
-        model_id = path[len("/v1/models/") :]
-        if _MODEL_ID.match(model_id) and ".." not in model_id:
-            return "/v1/models/" + quote(model_id, safe=":@+")
-        return None
-    if path.startswith("/api/blobs/"):
-        digest = path[len("/api/blobs/") :]
-        return path if _BLOB_DIGEST.match(digest) else None
-    return None
+def _printable(value: str) -> bool:
+    return value.isascii() and value.isprintable()
 
 
 def request_headers(incoming: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
-    """Headers for the backend request: allow-listed ones, the site's extra ones, identity encoding."""
-    headers = {k: v for k, v in incoming.items() if k.lower() in _FORWARD_REQUEST_HEADERS}
+    """Headers for the backend request: allow-listed ones (printable ASCII only: anything else is
+    a client's mistake or an attack, and would not encode), the site's extra ones, identity
+    encoding."""
+    headers = {k: v for k, v in incoming.items() if k.lower() in _FORWARD_REQUEST_HEADERS and _printable(v)}
     headers.update(extra)
     # We stream raw bytes through; a compressed body would need its Content-Encoding kept in sync.
     headers["Accept-Encoding"] = "identity"
@@ -90,6 +70,8 @@ class Upstream:
         self._session: aiohttp.ClientSession | None = None
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=60.0, pool=None),
+            # one client for every user: a backend's Set-Cookie must never be sent back for others
+            cookies=httpx.Cookies(CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
             follow_redirects=False,
             trust_env=False,  # never route backend traffic through a user's proxy settings
@@ -109,6 +91,7 @@ class Upstream:
                     total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout
                 ),
                 auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),  # shared by all users: never store cookies
                 trust_env=False,  # never route backend traffic through a user's proxy settings
             )
         return self._session
@@ -121,16 +104,25 @@ class Upstream:
         path: str,
         body: bytes | None,
         incoming_headers: Mapping[str, str],
+        endpoint_headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A streamed backend response; connection failures become :class:`UpstreamError`."""
+        """A streamed backend response; connection failures become :class:`UpstreamError`
+        (``retryable`` when nothing can have been answered yet)."""
         url, headers = self._target(base_url, path, incoming_headers)
+        if endpoint_headers:
+            headers.update(endpoint_headers)
         try:
             ctx = self.session().request(
                 method, url, data=body or None, headers=headers, allow_redirects=False
             )
             resp = await ctx.__aenter__()
         except aiohttp.ClientConnectorError as e:
-            raise UpstreamError(f"backend at {base_url} refused the connection ({e.os_error})") from e
+            raise UpstreamError(
+                f"backend at {base_url} refused the connection ({e.os_error})", retryable=True
+            ) from e
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+            # a pooled keep-alive connection the backend had closed, or a backend that just died
+            raise UpstreamError(f"backend at {base_url} closed the connection: {e}", retryable=True) from e
         except asyncio.TimeoutError as e:
             raise UpstreamError(f"backend at {base_url} timed out", 504) from e
         except aiohttp.ClientError as e:
@@ -165,7 +157,14 @@ class Upstream:
         try:
             return await self.client.send(request, stream=stream)
         except httpx.ConnectError as e:
-            raise UpstreamError(f"backend at {_where(request)} refused the connection ({e})") from e
+            raise UpstreamError(
+                f"backend at {_where(request)} refused the connection ({e})", retryable=True
+            ) from e
+        except (httpx.RemoteProtocolError, httpx.ReadError) as e:
+            # "Server disconnected without sending a response": a stale pooled connection
+            raise UpstreamError(
+                f"backend at {_where(request)} closed the connection ({e})", retryable=True
+            ) from e
         except httpx.TimeoutException as e:
             raise UpstreamError(f"backend at {_where(request)} timed out ({type(e).__name__})", 504) from e
         except httpx.HTTPError as e:

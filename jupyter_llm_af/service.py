@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,10 @@ from .admission import Admission
 from .backends.base import Backend, Endpoint
 from .backends.local import LocalProcessBackend
 from .backends.upstream import UpstreamBackend
+from .catalogue import ModelCatalogue
 from .errors import BackendUnavailable, UpstreamError
 from .forwarding import Upstream
+from .pipeline import Pipeline
 from .translate import OpenAIToOllama
 
 log = logging.getLogger("jupyter_llm_af")
@@ -62,11 +63,8 @@ class LLMCore:
         self.admission = Admission(
             cfg.max_concurrent or self.parallelism, cfg.max_queue, cfg.max_queue_per_user
         )
-        self._known_models: list[str] = []
-        # last model listings a backend gave (path → JSON), served while no backend runs
-        self.read_cache: dict[str, Any] = {}
-        self._sizes_bytes: dict[str, int] = {}
-        self._models_checked = 0.0
+        self.catalogue = ModelCatalogue(cfg.model_notes)
+        self.pipeline = Pipeline(self)
 
     # -- construction ---------------------------------------------------------------------
     def _build_backend(self, model_meta: dict) -> Backend:
@@ -149,8 +147,9 @@ class LLMCore:
     # -- models and state -----------------------------------------------------------------
     async def refresh_models(self, base_url: str) -> list[str]:
         """Model names (and sizes) from the ready backend; cached for a few seconds."""
-        if time.monotonic() - self._models_checked < 5 and self._known_models:
-            return self._known_models
+        cat = self.catalogue
+        if cat.age_s < 5 and cat.names:
+            return cat.names
         try:
             if self.protocol == "openai":
                 tags = await self.translator.tags(base_url)
@@ -159,38 +158,35 @@ class LLMCore:
                 tags = doc if isinstance(doc, dict) else {}
         except UpstreamError as e:
             self.log.debug("model list failed: %s", e)
-            return self._known_models
-        self._known_models = [m.get("name", "") for m in tags.get("models", []) if m.get("name")]
-        self._sizes_bytes = {
-            m["name"]: int(m.get("size") or 0) for m in tags.get("models", []) if m.get("name")
-        }
-        self._models_checked = time.monotonic()
-        return self._known_models
+            return cat.names
+        cat.remember("/api/tags", tags)
+        return cat.names
 
     def default_model(self) -> str | None:
         """What magics and snippets use when no model is named (known without starting a job)."""
         if self.cfg.default_model:
             return self.cfg.default_model
         embedded = self.cfg.backend == "local" and self.protocol == "openai" and self.cfg.embedded_models
-        if embedded and (not self._known_models or self.cfg.embedded_models[0] in self._known_models):
+        if embedded and (not self.catalogue.names or self.cfg.embedded_models[0] in self.catalogue.names):
             return self.cfg.embedded_models[0]  # the instruction-tuned one, not the list's first
-        return self._known_models[0] if self._known_models else None
+        return self.catalogue.names[0] if self.catalogue.names else None
 
     def model_fit_error(self, model: str) -> str | None:
         """A sentence if ``model`` can never fit the GPU, else None (unknown sizes pass)."""
         gpu = self.cfg.gpu_memory_gb
         if not gpu or not isinstance(model, str):
             return None
-        size = modelfit.model_size_gb(model, self.cfg.model_sizes_gb, self._sizes_bytes.get(model))
+        size = modelfit.model_size_gb(model, self.cfg.model_sizes_gb, self.catalogue.sizes_bytes.get(model))
         return modelfit.check_fits(model, size, gpu)
 
     def gpu_summary(self) -> dict[str, Any] | None:
         gpu = self.cfg.gpu_memory_gb
         if not gpu:
             return None
-        names = set(self._known_models) | set(self.cfg.model_sizes_gb)
+        names = set(self.catalogue.names) | set(self.cfg.model_sizes_gb)
         sizes = {
-            n: modelfit.model_size_gb(n, self.cfg.model_sizes_gb, self._sizes_bytes.get(n)) for n in names
+            n: modelfit.model_size_gb(n, self.cfg.model_sizes_gb, self.catalogue.sizes_bytes.get(n))
+            for n in names
         }
         return modelfit.fits_together(sizes, gpu)
 
@@ -221,7 +217,8 @@ class LLMCore:
                 "serving": ready_url is not None,
                 "protocol": self.protocol,
                 "healthy": healthy if healthy is not None else doc.get("state") in ("ready", "renewing"),
-                "models": list(self._known_models),
+                "models": list(self.catalogue.names),
+                "model_notes": {n: t for n, t in self.catalogue.notes.items() if n in self.catalogue.names},
                 "default_model": self.default_model(),
                 "queue": self.admission.totals(),
                 "gpu": self.gpu_summary(),

@@ -18,53 +18,55 @@ from typing import Any
 
 from tornado import web
 from tornado.httpserver import HTTPServer
-from traitlets import Bool, Int, List, Unicode
+from traitlets import Bool, Int, List, Unicode, default
 from traitlets.config import Application
 
 from . import __version__
 from .config import LLMService
-from .handlers import build_handlers
+from .handlers import LLMHandler, handler_specs
+from .pipeline import Identity
 from .service import LLMCore
 
 
-class TokenAuthHandler(web.RequestHandler):
-    """Standalone auth: ``Authorization: Bearer|token <api token>``; the token names the user."""
+class TokenLLMHandler(LLMHandler):
+    """Standalone auth: ``Authorization: Bearer|token <api token>`` (or ``x-api-key``); the token
+    names the user."""
 
     def get_current_user(self) -> str | None:
         header = self.request.headers.get("Authorization", "")
         scheme, _, value = header.partition(" ")
         if scheme.lower() not in ("bearer", "token") or not value.strip():
             return None
-        value = value.strip()
+        given = value.strip().encode(errors="replace")
         user = None
         for token, owner in self.settings["llm_tokens"].items():
-            if hmac.compare_digest(token.encode(), value.encode()):  # constant time
+            if hmac.compare_digest(token.encode(), given):  # constant time
                 user = owner
         return user
-
-    def prepare(self) -> None:
-        if not self.current_user:
-            raise web.HTTPError(401)
 
     def get_login_url(self) -> str:
         raise web.HTTPError(401)
 
-    def llm_identity(self) -> tuple[str, bool]:
+    def llm_identity(self) -> Identity:
         name = str(self.current_user)
-        return name, self.settings["llm_core"].is_admin(name)
-
-    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, web.HTTPError):
-            return  # expected outcomes (401, 404) are in the access log already
-        super().log_exception(typ, value, tb)
+        return Identity(name, self.core.is_admin(name))
 
 
-def hub_auth_base() -> type:
-    """Base handler for a JupyterHub managed service (imported lazily: jupyterhub is optional)."""
+class NoAuthLLMHandler(TokenLLMHandler):
+    """``--allow-no-auth`` on loopback only (a backend inside a batch job, never a frontend)."""
+
+    def get_current_user(self) -> str | None:
+        return "anonymous"
+
+
+def hub_handler_class() -> type[LLMHandler]:
+    """The handler for a JupyterHub managed service (imported lazily: jupyterhub is optional)."""
     from jupyterhub.services.auth import HubOAuthenticated
 
-    class HubAuthHandler(HubOAuthenticated, web.RequestHandler):
-        async def prepare(self) -> Any:
+    class HubLLMHandler(LLMHandler, HubOAuthenticated):
+        """Hub users by OAuth cookie (browsers) or hub API token (``Authorization``/``x-api-key``)."""
+
+        async def prepare(self) -> None:
             # Ask the hub without blocking the IOLoop (get_current_user would do it synchronously).
             user_model = await self.hub_auth.get_user(self, sync=False)
             try:
@@ -82,17 +84,29 @@ def hub_auth_base() -> type:
                     self.redirect(HubOAuthenticated.get_login_url(self))
                     return
                 raise web.HTTPError(401 if headers.get("Authorization") is None else 403)
+            await super().prepare()
 
         def get_login_url(self) -> str:
             raise web.HTTPError(401)  # API clients: a clear 401 in the API's format, never a redirect
 
-        def llm_identity(self) -> tuple[str, bool]:
+        def llm_identity(self) -> Identity:
             user = self.current_user or {}
             name = user.get("name", "")
-            core = self.settings["llm_core"]
-            return name, bool(user.get("admin")) or core.is_admin(name, user.get("groups") or [])
+            groups = tuple(user.get("groups") or ())
+            return Identity(name, bool(user.get("admin")) or self.core.is_admin(name, groups), groups)
 
-    return HubAuthHandler
+    return HubLLMHandler
+
+
+def log_request(handler: web.RequestHandler) -> None:
+    """Tornado's access log line without the query string (it may carry a token)."""
+    status = handler.get_status()
+    log = logging.getLogger("tornado.access")
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    req = handler.request
+    log.log(
+        level, "%d %s %s (%s) %.2fms", status, req.method, req.path, req.remote_ip, 1000 * req.request_time()
+    )
 
 
 class ServeApp(Application):
@@ -170,8 +184,9 @@ class ServeApp(Application):
             from jupyterhub.utils import url_path_join
 
             prefix = hub_prefix or "/services/llm/"
+            base: type[LLMHandler] = hub_handler_class()
             handlers: list[Any] = [(url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler)]
-            handlers += build_handlers(prefix, hub_auth_base(), "Hub")
+            handlers += handler_specs(prefix, base)
         else:
             tokens = self._collect_tokens(service)
             if not tokens and not self.allow_no_auth:
@@ -186,17 +201,33 @@ class ServeApp(Application):
                     raise SystemExit(2)
                 tokens = {}
             settings["llm_tokens"] = tokens
-            base = TokenAuthHandler if not self.allow_no_auth else _NoAuthHandler
-            handlers = build_handlers("/", base, "Standalone")
+            base = TokenLLMHandler if not self.allow_no_auth else NoAuthLLMHandler
+            prefix = "/"
+            handlers = handler_specs(prefix, base)
+        # absolute-form targets ("GET http://elsewhere/") match no pattern: still our JSON 404
+        settings["default_handler_class"] = base
+        settings["default_handler_args"] = {"route": None, "prefix": prefix}
+        settings["log_function"] = log_request
         return web.Application(handlers, **settings), core
 
+    @default("log_level")
+    def _default_log_level(self) -> int:
+        return logging.INFO  # a service says that it started, and logs its requests
+
     def start(self) -> None:
-        logging.getLogger("tornado.access").setLevel(logging.INFO)
+        # the launchers' events (submitted, ready, adopted, handover) and the access log go
+        # where the application's own lines go, at its level
+        for name in ("jupyter_llm_af", "tornado.access", "tornado.application"):
+            logger = logging.getLogger(name)
+            logger.handlers = list(self.log.handlers)
+            logger.setLevel(self.log.level)
+            logger.propagate = False
         app, core = self.make_app()
         asyncio.run(self._serve(app, core))
 
     async def _serve(self, app: web.Application, core: LLMCore) -> None:
-        server = HTTPServer(app, xheaders=False, max_body_size=core.cfg.max_body_size * 2)
+        # the handlers answer an oversized body with 413; Tornado's own limit only guards memory
+        server = HTTPServer(app, xheaders=False, max_body_size=max(core.cfg.max_body_size * 16, 1 << 30))
         server.listen(self.port, self.ip)
         await core.start()
         self.log.info(
@@ -215,11 +246,6 @@ class ServeApp(Application):
         self.log.info("stopping")
         server.stop()
         await core.stop()
-
-
-class _NoAuthHandler(TokenAuthHandler):
-    def get_current_user(self) -> str | None:
-        return "anonymous"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,19 +17,17 @@ import ollama
 import openai
 import pytest
 
-from jupyter_llm_af.handlers import ROUTES
+from jupyter_llm_af.routes import ROUTES
 
 from .conftest import TOKEN, auth, start_double, start_standalone
 
 
 def route_paths() -> list[str]:
     """One concrete path per route of the table."""
-    out = []
-    for pattern, _mixin, service_path in ROUTES:
-        path = service_path.replace("{}", "x" if "blobs" not in service_path else "sha256-" + "0" * 64)
-        if pattern == "(.*)":
-            path = "/no/such/route"
-        if "backend/{}" in service_path:
+    out = ["/no/such/route"]
+    for route in ROUTES:
+        path = route.path.replace("{}", "x" if "blobs" not in route.path else "sha256-" + "0" * 64)
+        if "backend/{}" in route.path:
             path = "/backend/stop"
         out.append(path)
     return out

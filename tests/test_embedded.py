@@ -100,15 +100,22 @@ def test_ollama_unknown_model_is_404(client):
 
 def test_openai_client_pass_through(embedded_service):
     c = openai.OpenAI(base_url=embedded_service.url + "/v1", api_key=TOKEN, max_retries=0, timeout=300)
-    assert {"smollm2", "gemma3"} <= {m.id for m in c.models.list()}  # llama.cpp router ids
+    # the same names as /api/tags, never the router's internal ids ("smollm2")
+    tags = httpx.get(embedded_service.url + "/api/tags", headers=auth(), timeout=60).json()
+    names = {m["name"] for m in tags["models"]}
+    assert names == {m.id for m in c.models.list()} == {"smollm2:135m", "gemma3:270m"}
+    assert c.models.retrieve("gemma3:270m").id == "gemma3:270m"
     r = c.chat.completions.create(model="smollm2:135m", messages=CHAT, temperature=0, max_tokens=32)
     assert "Paris" in r.choices[0].message.content
+    assert r.model == "smollm2:135m"
     stream = c.chat.completions.create(
         model="smollm2:135m", messages=CHAT, temperature=0, max_tokens=32, stream=True
     )
-    assert "Paris" in "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
+    chunks = list(stream)
+    assert "Paris" in "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert {ch.model for ch in chunks} == {"smollm2:135m"}
     emb = c.embeddings.create(model="smollm2:135m", input="hello")
-    assert len(emb.data[0].embedding) == 576
+    assert len(emb.data[0].embedding) == 576 and emb.model == "smollm2:135m"
     with pytest.raises(openai.NotFoundError):
         c.chat.completions.create(model="nope", messages=CHAT)
 
