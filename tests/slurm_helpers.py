@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -102,6 +103,20 @@ def backend_command(delay: float = 0.01) -> str:
     """The job's backend: the Ollama test double from this checkout, run by this venv's Python."""
     listen = "--host 127.0.0.1 --port $JUPYTER_LLM_AF_PORT"  # loopback only, never 0.0.0.0 in tests
     return f"{sys.executable} -m tests.ollama_double {listen} --delay {delay}"
+
+
+def llama_server_command(model: str = "smollm2:135m", threads: int = 2) -> str:
+    """A real llama.cpp llama-server with an embedded model (``jupyter-llm-af setup-local``)."""
+    from jupyter_llm_af import embedded
+
+    binary = embedded.find_llama_server()
+    models = {m.name: m for m in embedded.load_manifest()}
+    if not binary or model not in models:
+        raise RuntimeError("llama-server or its models are not set up (jupyter-llm-af setup-local)")
+    return (
+        f"{shlex.quote(binary)} -m {shlex.quote(models[model].path)} --alias {model}"
+        f" --host 127.0.0.1 --port $JUPYTER_LLM_AF_PORT -c 2048 -np 2 -t {threads} --no-webui"
+    )
 
 
 def backend_settings(state_dir: Path, job_name: str, **overrides: Any) -> dict[str, Any]:

@@ -514,3 +514,59 @@ async def test_admin_start_and_stop(make_backend, job_name: str) -> None:
     )  # COMPLETING first
     with pytest.raises(Exception, match="no 'restart' action"):
         await backend.control("restart")
+
+
+# -- a real llama.cpp llama-server in the job ------------------------------------------------------
+
+
+@pytest.mark.slurm
+@pytest.mark.llama
+@pytest.mark.asyncio
+async def test_llama_server_job_becomes_ready_and_answers_a_chat(make_backend, job_name: str) -> None:
+    # llama-server answers "GET /" with 404: the probe must be /health (issue 14)
+    backend = make_backend(
+        backend_command=sh.llama_server_command(), protocol="openai", backend_ready_timeout=120.0
+    )
+    assert backend.settings.ready_path == "/health"
+    await backend.start()
+    started = time.monotonic()
+    endpoint = await backend.ready_endpoint(deadline(120))
+    print(f"llama-server job ready {time.monotonic() - started:.2f} s after the first request")
+    assert backend.state == "ready"
+    async with httpx.AsyncClient(trust_env=False) as http:
+        assert (await http.get(endpoint.url + "/")).status_code == 404  # why "/" never made it ready
+        body = {
+            "model": "smollm2:135m",
+            "messages": [{"role": "user", "content": "What is the capital of France? One sentence."}],
+            "max_tokens": 24,
+            "temperature": 0,
+        }
+        r = await http.post(endpoint.url + "/v1/chat/completions", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        reply = r.json()
+        assert reply["model"] == "smollm2:135m" and "Paris" in reply["choices"][0]["message"]["content"]
+        pieces: list[str] = []
+        async with http.stream(
+            "POST", endpoint.url + "/v1/chat/completions", json={**body, "stream": True}, timeout=60
+        ) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            async for line in stream.aiter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    delta = json.loads(line[6:])["choices"][0]["delta"]
+                    pieces.append(delta.get("content") or "")
+        assert "Paris" in "".join(pieces)
+
+
+@pytest.mark.slurm
+@pytest.mark.llama
+@pytest.mark.asyncio
+async def test_llama_server_probed_on_slash_never_becomes_ready(make_backend, job_name: str) -> None:
+    # what every Slurm + llama-server site saw before: a clear error, the job cancelled
+    backend = make_backend(
+        backend_command=sh.llama_server_command(), ready_path="/", backend_ready_timeout=8.0
+    )
+    await backend.start()
+    with pytest.raises(BackendUnavailable) as exc:
+        await backend.ready_endpoint(deadline(60))
+    assert "did not answer within 8 s" in exc.value.message
+    await sh.wait_until(lambda: not sh.jobs_named(job_name), 15, what="job cancelled")

@@ -19,6 +19,7 @@ import pytest_asyncio
 
 from jupyter_llm_af.backends import slurm as slurm_module
 from jupyter_llm_af.backends.slurm import SlurmBackend, SlurmSettings
+from jupyter_llm_af.backends.slurm_settings import ready_path_for
 from jupyter_llm_af.errors import BackendUnavailable
 from jupyter_llm_af.state import BackendState
 
@@ -348,3 +349,49 @@ async def test_job_ending_before_it_answers_fails_waiters_with_its_output(make, 
     assert f"Job {job_id} ended (FAILED) before its backend answered" in exc.value.message
     assert "CUDA error: no device" in exc.value.message
     assert backend.state is BackendState.FAILED
+
+
+@pytest.mark.parametrize(
+    "setting, protocol, command, path",
+    [
+        ("auto", "auto", "ollama serve", "/"),
+        ("auto", "ollama", "/sw/ollama/bin/ollama serve", "/"),
+        (
+            "auto",
+            "openai",
+            "/opt/llama.cpp/bin/llama-server -m m.gguf --port $JUPYTER_LLM_AF_PORT",
+            "/health",
+        ),
+        ("auto", "auto", "llama-server -m m.gguf", "/health"),  # the command wins over the protocol
+        ("auto", "openai", "vllm serve meta-llama/Llama-3.1-8B-Instruct", "/health"),
+        ("auto", "openai", "python -m sglang.launch_server --model-path m", "/health"),
+        ("auto", "openai", "python -m llama_cpp.server --model m.gguf", "/v1/models"),
+        ("auto", "openai", "site-wrapper --serve", "/health"),
+        ("auto", "auto", "site-wrapper --serve", "/"),
+        ("", "openai", "site-wrapper", "/health"),
+        ("/v1/models", "ollama", "ollama serve", "/v1/models"),
+        ("ready", "auto", "x", "/ready"),
+    ],
+)
+def test_ready_path_fits_the_backend(setting: str, protocol: str, command: str, path: str) -> None:
+    assert ready_path_for(setting, protocol, command) == path
+
+
+def test_ready_path_from_the_service_settings(tmp_path: Path) -> None:
+    from jupyter_llm_af.config import LLMService
+
+    cfg = LLMService(backend_protocol="openai", slurm_backend_command="llama-server -m /m/x.gguf")
+    assert SlurmSettings.from_config(cfg, runtime_dir=str(tmp_path)).ready_path == "/health"
+    cfg = LLMService(slurm_ready_path="/v1/models")
+    assert SlurmSettings.from_config(cfg, runtime_dir=str(tmp_path)).ready_path == "/v1/models"
+    assert SlurmSettings.from_config(LLMService(), runtime_dir=str(tmp_path)).ready_path == "/"
+
+
+@pytest.mark.asyncio
+async def test_probe_uses_the_ready_path(make, fake: FakeSlurm) -> None:
+    backend = make(backend_command="llama-server -m m.gguf", protocol="openai")
+    await backend.start()
+    endpoint = await backend.ready_endpoint(soon())
+    server = fake.jobs[endpoint.key].server
+    assert server is not None
+    assert {path for method, path, _ in server.requests} == {"/health"}

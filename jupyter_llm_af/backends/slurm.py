@@ -10,7 +10,8 @@ Lifecycle (``describe()["state"]``, a :class:`~jupyter_llm_af.state.BackendState
 One asyncio task (the *poll loop*) owns every state change, so concurrent callers of
 :meth:`SlurmBackend.ready_endpoint` can only express demand: exactly one job is submitted.
 A job publishes ``{"host", "port"}`` in ``<state_dir>/endpoint-<jobid>.json``; the loop then
-probes ``GET /`` before any request is sent to it. Before the job's time runs out (and while
+probes ``GET <ready_path>`` (``/`` for Ollama, ``/health`` for llama-server/vLLM) until it answers
+200, before any request is sent to it. Before the job's time runs out (and while
 users are active) a successor job is submitted; once it answers, the models loaded on the old
 job are warmed on the new one, new leases go to the new job, and the old job is cancelled when
 its in-flight requests are done.
@@ -467,7 +468,8 @@ class SlurmBackend(Backend):
         if self._http is None:
             return False
         try:
-            response = await self._http.get(url + "/", timeout=self.settings.probe_timeout)
+            ready = url + self.settings.ready_path
+            response = await self._http.get(ready, timeout=self.settings.probe_timeout)
         except httpx.HTTPError:
             return False
         return response.status_code == 200

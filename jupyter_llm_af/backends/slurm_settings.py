@@ -16,6 +16,27 @@ from .slurm_script import DEFAULT_BATCH_SCRIPT
 MAX_PENDING_POLL_S = 5.0  # longest squeue interval while a job pends
 STEADY_POLL_S = 5.0  # squeue + health probe while ready
 
+# Readiness paths by what the job runs: Ollama answers "GET /"; llama-server, vLLM and SGLang answer
+# it with 404 and have /health (llama-server: 503 while the model loads); llama-cpp-python has neither.
+_READY_PATH_BY_COMMAND = (
+    ("llama_cpp.server", "/v1/models"),
+    ("llama-server", "/health"),
+    ("vllm", "/health"),
+    ("sglang", "/health"),
+    ("ollama", "/"),
+)
+
+
+def ready_path_for(setting: str, protocol: str, command: str) -> str:
+    """The path probed until a job's backend is ready: ``setting`` unless it is ``auto``/empty."""
+    if setting and setting != "auto":
+        return setting if setting.startswith("/") else "/" + setting
+    lowered = command.lower()
+    for marker, path in _READY_PATH_BY_COMMAND:
+        if marker in lowered:
+            return path
+    return "/health" if protocol == "openai" else "/"
+
 
 @dataclass
 class SlurmSettings:
@@ -50,6 +71,8 @@ class SlurmSettings:
     warm_keep_alive: str = ""  # empty: OLLAMA_KEEP_ALIVE from backend_env, else 30m
     max_pending_poll: float = MAX_PENDING_POLL_S
     steady_poll: float = STEADY_POLL_S
+    ready_path: str = "auto"  # resolved by ready_path_for (auto: from the command)
+    protocol: str = "auto"  # what the backend speaks (backend_protocol), for ready_path "auto"
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
@@ -60,6 +83,7 @@ class SlurmSettings:
                 raise ValueError(f"slurm_backend_env: {key!r} is not a valid environment variable name")
         if not self.warm_keep_alive:
             self.warm_keep_alive = self.backend_env.get("OLLAMA_KEEP_ALIVE") or "30m"
+        self.ready_path = ready_path_for(self.ready_path, self.protocol, self.backend_command)
 
     def commands(self) -> SlurmCommands:
         return SlurmCommands(
@@ -112,6 +136,8 @@ class SlurmSettings:
             cancel_on_shutdown=cfg.cancel_on_shutdown,
             submit_backoff=cfg.submit_backoff,
             probe_timeout=float(cfg.connect_timeout),
+            ready_path=cfg.slurm_ready_path,
+            protocol=cfg.backend_protocol,
         )
         values.update(overrides)
         return cls(**values)
