@@ -389,7 +389,10 @@ class Pipeline:
         if req.route.cached and req.method == "GET":
             data = await _read_all(resp)
             with contextlib.suppress(ValueError):
-                core.catalogue.remember(req.service_path, json.loads(data))
+                doc = json.loads(data)
+                core.catalogue.remember(req.service_path, doc)
+                if core.catalogue.notes and req.route.path == "/api/tags":
+                    data = json.dumps(core.catalogue.annotate(doc)).encode()
             return Reply(resp.status, headers, data)
         if rename is not None:
             return Reply(resp.status, headers, stream=rename.lines(_relay_stream(resp, req.route.api)))
@@ -429,13 +432,17 @@ class Pipeline:
         if path == "/api/tags":
             tags = await tr.tags(base_url)
             self.core.catalogue.remember(path, tags)
-            return json_reply(tags)
+            return json_reply(self.core.catalogue.annotate(tags))
         if path == "/api/ps":
             return json_reply(await tr.ps(base_url))
         if path == "/api/version":
             return json_reply({"version": OLLAMA_API_VERSION})
         if path == "/api/show":
-            return json_reply(await tr.show(base_url, body))
+            shown = await tr.show(base_url, body)
+            note = self.core.catalogue.notes.get(str(body.get("model") or body.get("name") or ""))
+            if note:
+                shown["note"] = note
+            return json_reply(shown)
         if path in ("/api/embed", "/api/embeddings"):
             return json_reply(await tr.embed(base_url, body, legacy=path == "/api/embeddings"))
         if path in ("/api/chat", "/api/generate"):

@@ -41,6 +41,27 @@ def test_ollama_list_show_ps(client):
     assert "completion" in shown.capabilities
 
 
+def test_base_model_is_labelled_and_its_chat_ends_cleanly(embedded_service, client):
+    """Gemma 3 270M is a base model: users are told where they pick models, and a chat with no
+    options still ends within the site's default token limit instead of filling the screen."""
+    tags = httpx.get(embedded_service.url + "/api/tags", headers=auth(), timeout=60).json()
+    notes = {m["name"]: m.get("note", "") for m in tags["models"]}
+    assert "base model" in notes["gemma3:270m"].lower() and not notes["smollm2:135m"]
+    st = httpx.get(embedded_service.url + "/backend/state", headers=auth(), timeout=30).json()
+    assert "gemma3:270m" in st["model_notes"] and st["default_model"] == "smollm2:135m"
+    shown = httpx.post(
+        embedded_service.url + "/api/show", headers=auth(), json={"model": "gemma3:270m"}, timeout=60
+    ).json()
+    assert "base model" in shown["note"].lower()
+    start = time.monotonic()
+    r = client.chat(model="gemma3:270m", messages=[{"role": "user", "content": "Tell me about the sea."}])
+    assert r.done and 0 < r.eval_count <= 200, r.eval_count
+    assert time.monotonic() - start < 120
+    c = openai.OpenAI(base_url=embedded_service.url + "/v1", api_key=TOKEN, max_retries=0, timeout=300)
+    out = c.chat.completions.create(model="gemma3:270m", messages=[{"role": "user", "content": "Hi"}])
+    assert out.usage.completion_tokens <= 200 and out.model == "gemma3:270m"
+
+
 def test_ollama_chat_non_streaming_real_answer(client):
     r = client.chat(model="smollm2:135m", messages=CHAT, options={"temperature": 0, "num_predict": 32})
     assert "Paris" in r.message.content
