@@ -125,6 +125,8 @@ class Metrics:
         self.in_flight = Gauge(
             PREFIX + "requests_in_flight", "Requests being answered now.", ["api"], registry=r
         )
+        for api in ("ollama", "openai", "anthropic", "service"):
+            self.in_flight.labels(api).set(0)  # a dashboard shows 0, not "no data"
         self.queue_waiting = Gauge(
             PREFIX + "queue_waiting",
             "Requests waiting in the admission queue, by model.",
