@@ -8,10 +8,10 @@ Imports nothing from Jupyter or Tornado. The request pipeline does, per request:
     trace = telemetry.begin(route, api, user, groups, method)   # in-flight +1
     trace.model, trace.stream = model, stream
     trace.admitted(job_id=...)            # got its backend slot: queue wait ends, backend time starts
-    for chunk in response:                # bytes as sent to the client
-        trace.first_byte()                # cheap after the first call
-        trace.sniffer.feed(chunk)         # usage, parsed only from lines that carry it
-    trace.finish(status, error=...)       # -> RequestRecord -> metrics, usage, access log
+    reply.stream = traced_stream(trace, reply.stream, status)   # streamed: times the first byte,
+                                          # sniffs usage, records when it ends or the client goes
+    trace.body(reply.body); trace.finish(status)                # a document
+    trace.finish(err.status, type(err).__name__)                # an error
 
 or builds a :class:`RequestRecord` itself and calls :meth:`Telemetry.record`. Nothing here ever
 sees a prompt, an answer's text or a credential, and nothing here may break a request: failures in
@@ -20,10 +20,11 @@ telemetry are logged and swallowed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -389,6 +390,30 @@ class RequestTrace:
         return rec
 
 
+async def traced_stream(
+    trace: RequestTrace, stream: AsyncIterator[bytes], status: int = 200
+) -> AsyncIterator[bytes]:
+    """``stream`` as sent to the client, with its first byte timed and its usage sniffed; the
+    request is recorded when the stream ends, fails, or is closed (client gone)."""
+    sniffer = trace.sniffer
+    error: str | None = None
+    try:
+        async for chunk in stream:
+            if trace.first_byte_at is None:
+                trace.first_byte()
+            if sniffer is not None:
+                sniffer.feed(chunk)
+            yield chunk
+    except GeneratorExit:
+        error = "client_gone"
+        raise
+    except BaseException as e:
+        error = "client_gone" if isinstance(e, asyncio.CancelledError) else type(e).__name__
+        raise
+    finally:
+        trace.finish(status, error)
+
+
 class Telemetry:
     """Metrics + usage + access log behind one call per request; built once per service."""
 
@@ -466,6 +491,23 @@ class Telemetry:
             total_w = sum(w for w, _ in self._queues.values())
             total_r = sum(r for _, r in self._queues.values())
             self.usage.queue_sample(total_w, total_r)
+        except Exception:
+            log.exception("jupyter_llm_af: queue telemetry failed")
+
+    def queue_snapshot(self, models: Iterable[Mapping[str, Any]]) -> None:
+        """All models at once, as ``Admission.models()`` lists them (``name``, ``waiting``,
+        ``running``); models no longer listed drop to zero."""
+        try:
+            now = {
+                str(m.get("name") or ""): (int(m.get("waiting") or 0), int(m.get("running") or 0))
+                for m in models
+            }
+            for gone in set(self._queues) - set(now):
+                self.metrics.set_queue(gone, 0, 0)
+            self._queues = {k: v for k, v in now.items() if v != (0, 0)}
+            for model, (waiting, running) in now.items():
+                self.metrics.set_queue(model, waiting, running)
+            self.usage.queue_sample(sum(w for w, _ in now.values()), sum(r for _, r in now.values()))
         except Exception:
             log.exception("jupyter_llm_af: queue telemetry failed")
 

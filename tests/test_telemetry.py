@@ -3,6 +3,7 @@ anywhere), Prometheus rendering, usage summaries and the accounting file, the ac
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -578,3 +579,41 @@ def test_route_api_enum_is_labelled_by_its_value():
     t.begin("/v1/messages", Api.ANTHROPIC, "alice").finish(200)
     body = t.render_metrics()[0].decode()
     assert 'api="anthropic"' in body and "Api." not in body
+
+
+async def _chunks(parts: list[bytes]):
+    for p in parts:
+        await asyncio.sleep(0)
+        yield p
+
+
+@pytest.mark.asyncio
+async def test_traced_stream_records_at_the_end_and_when_the_client_goes():
+    t = Telemetry(access_log=False)
+    data = STREAMS["openai"][0]
+    trace = t.begin("/v1/chat/completions", "openai", "alice", (), "POST")
+    trace.admitted("9")
+    out = b"".join([c async for c in tm.traced_stream(trace, _chunks([data[:50], data[50:]]))])
+    assert out == data and trace.record is not None
+    assert (trace.record.prompt_tokens, trace.record.completion_tokens) == (42, 8)
+    assert trace.record.error is None and trace.record.ttft_s is not None
+    gone = t.begin("/api/chat", "ollama", "bob", (), "POST")
+    stream = tm.traced_stream(gone, _chunks([b'{"message":{"content":"a"}}\n'] * 5))
+    await stream.__anext__()
+    await stream.aclose()  # the client went away
+    assert gone.record is not None and gone.record.error == "client_gone"
+    f = samples(t.render_metrics()[0])
+    assert value(f, "jupyter_llm_af_requests_in_flight", api="ollama") == 0
+
+
+def test_queue_snapshot_from_admission_models():
+    t = Telemetry(access_log=False)
+    t.queue_snapshot(
+        [{"name": "a:1b", "waiting": 2, "running": 1}, {"name": "b:2b", "waiting": 0, "running": 3}]
+    )
+    t.queue_snapshot([{"name": "b:2b", "waiting": 1, "running": 2}])
+    f = samples(t.render_metrics()[0])
+    assert value(f, "jupyter_llm_af_queue_waiting", model="a:1b") == 0  # no longer listed
+    assert value(f, "jupyter_llm_af_queue_running", model="b:2b") == 2
+    h = t.usage.queue_history()
+    assert (h["waiting"][-1], h["running"][-1]) == (2, 4)  # the slot's maxima
