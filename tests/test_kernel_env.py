@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -34,7 +36,7 @@ from jupyter_llm_af.kernel_env import (
     server_environment,
 )
 
-from .conftest import PY, Proc, auth, free_port, start_process
+from .conftest import PY, Proc, auth, embedded_available, free_port, start_process
 from .conftest import TOKEN as SERVER_TOKEN
 from .test_magics import MODELS, TOKEN, FakeService, reply_for
 
@@ -421,3 +423,81 @@ def test_kernels_get_the_same_variables(jupyter: tuple[Proc, FakeService, Path])
     assert shown["ANTHROPIC_BASE_URL"] == base + "llm" and shown["ANTHROPIC_AUTH_TOKEN"] == SERVER_TOKEN
     assert shown["OLLAMA_API_BASE"] == base + "llm" and shown["OPENAI_API_KEY"] == "sk-users-own"
     assert Path(shown["CODEX_HOME"], "config.toml").exists()
+
+
+# -- coding agents typed in a Lab terminal, answered by the embedded default ------------------------
+
+AGENTS_DIR = Path.home() / ".cache" / "jupyter_llm_af" / "agents"
+
+
+@pytest.fixture(scope="module")
+def agent_clis() -> dict[str, str]:
+    """Claude Code and Codex CLIs from npm (cached; about 8 s to install)."""
+    bin_dir = AGENTS_DIR / "node_modules" / ".bin"
+    if not all((bin_dir / name).exists() for name in ("claude", "codex")):
+        npm = shutil.which("npm")
+        assert npm, "npm is needed to install the Claude Code and Codex CLIs"
+        packages = ["@anthropic-ai/claude-code@2", "@openai/codex"]
+        cmd = [npm, "install", "--silent", "--no-save", "--prefix", str(AGENTS_DIR), *packages]
+        subprocess.run(cmd, check=True, timeout=300)
+    return {name: str(bin_dir / name) for name in ("claude", "codex")}
+
+
+@pytest.fixture(scope="module")
+def embedded_jupyter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    """``jupyter server`` with the extension's zero-config default (embedded llama.cpp), fresh $HOME."""
+    if not embedded_available():
+        pytest.fail("embedded backend not set up: run `jupyter-llm-af setup-local` (CI does)")
+    tmp = tmp_path_factory.mktemp("jupyter-embedded")
+    (tmp / "config").mkdir()
+    (tmp / "home").mkdir()
+    # One slot per model: the default 4 slots share 8192 tokens, 2048 each, and Codex's own prompt
+    # is ~4.6k tokens (a site's GPU model has far more context than this 135M one on a CPU).
+    config = {
+        "ServerApp": {"jpserver_extensions": {"jupyter_llm_af": True}},
+        "LLMService": {"embedded_parallel": 1},
+    }
+    (tmp / "config" / "jupyter_server_config.json").write_text(json.dumps(config))
+    port = free_port()
+    env = {name: "" for name in CLIENT_VARS if os.environ.get(name)}
+    env.update(
+        JUPYTER_CONFIG_DIR=str(tmp / "config"),
+        JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
+        JUPYTER_DATA_DIR=str(tmp / "data"),
+        HOME=str(tmp / "home"),
+        SHELL="/bin/bash",
+    )
+    args = [PY, "-m", "jupyter_server", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
+            f"--IdentityProvider.token={SERVER_TOKEN}", f"--ServerApp.root_dir={tmp}"]  # fmt: skip
+    proc = start_process(args, f"http://127.0.0.1:{port}/llm/", headers=auth(), env=env, timeout=90)
+    proc.extra.update(base=f"http://127.0.0.1:{port}/", tmp=tmp)
+    yield proc
+    proc.stop()
+
+
+@pytest.mark.llama
+def test_claude_code_answers_in_a_lab_terminal(embedded_jupyter: Proc, agent_clis: dict[str, str]) -> None:
+    """``claude -p`` with no set-up: ANTHROPIC_BASE_URL, ANTHROPIC_AUTH_TOKEN and ANTHROPIC_MODEL
+    come from the server. (``--system-prompt``/``--tools ""``: Claude Code's own ~20k-token system
+    prompt and tool list do not fit a 135M model's context; a site's GPU model needs neither.)"""
+    command = (
+        f"timeout 150 {agent_clis['claude']} -p 'Say hi in one word' --system-prompt 'You are brief.'"
+        " --tools '' --output-format json < /dev/null 2>&1 | tail -n 1"
+    )
+    out = _shell(embedded_jupyter.extra["base"], command, timeout=180)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["subtype"] == "success" and result["is_error"] is False, result
+    assert result["result"].strip(), result
+
+
+@pytest.mark.llama
+def test_codex_answers_in_a_lab_terminal(embedded_jupyter: Proc, agent_clis: dict[str, str]) -> None:
+    """``codex exec`` with no flags but the one every non-git directory needs: the generated
+    ``$CODEX_HOME/config.toml`` names the service's Responses API, its token variable and model."""
+    codex = agent_clis["codex"]
+    command = f"cd \"$HOME\" && timeout 150 {codex} exec --skip-git-repo-check 'Say hi' < /dev/null 2>&1"
+    out = re.sub(r"\x1b\[[0-9;]*m", "", _shell(embedded_jupyter.extra["base"], command, timeout=180))
+    assert "model: smollm2:135m" in out and "provider: llm_af" in out, out[-3000:]
+    answer = out.split("\ncodex\n")[-1].split("tokens used")[0]
+    assert "tokens used" in out and answer.strip(), out[-3000:]
+    assert not re.search(r"ERROR|unexpected status", out), out[-3000:]
