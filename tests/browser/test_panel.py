@@ -19,6 +19,7 @@ expect = sync_api.expect
 
 pytestmark = pytest.mark.browser
 
+BASE_NOTE = "Base model (not instruction-tuned): it continues text."
 TOKEN_DELAY = 0.15  # seconds per generated token: 60 tokens keep a request busy for 9 s
 
 
@@ -33,7 +34,13 @@ def slow_double() -> Iterator[Proc]:
 def lab(slow_double: Proc) -> Iterator[Proc]:
     # one request at a time, so that a second one queues; a 2 GB GPU fits tiny:1b (1.1 GB loaded) only
     proc = start_lab(
-        {"backend": "upstream", "upstream_url": slow_double.url, "max_concurrent": 1, "gpu_memory_gb": 2}
+        {
+            "backend": "upstream",
+            "upstream_url": slow_double.url,
+            "max_concurrent": 1,
+            "gpu_memory_gb": 2,
+            "model_notes": {"small:3b": BASE_NOTE},
+        }
     )
     yield proc
     stop_lab(proc)
@@ -49,6 +56,7 @@ def test_panel_opens_from_sidebar_with_state_and_models(new_page, lab: Proc) -> 
     expect(panel).to_be_visible()
     expect(panel.get_by_test_id("llm-state")).to_have_text("Ready (site backend)")
     expect(panel.get_by_test_id("llm-state")).to_have_attribute("data-state", "ready")
+    expect(panel.get_by_test_id("llm-state")).to_have_attribute("data-serving", "true")
     expect(panel.get_by_test_id("llm-status")).to_contain_text("Remote backend · Ollama API")
 
     models = panel.locator('[data-testid="llm-models"] li')
@@ -58,6 +66,9 @@ def test_panel_opens_from_sidebar_with_state_and_models(new_page, lab: Proc) -> 
     expect(tiny).to_contain_text("fits the GPU (1.1 GB of 2 GB)")
     small = panel.locator('[data-testid="llm-models"] li[data-model="small:3b"]')
     expect(small).to_contain_text("too large for the GPU (2.2 GB > 2 GB)")
+    # the site's note on a model shows where users pick it; models without one show none
+    expect(small.get_by_test_id("llm-model-note")).to_have_text(BASE_NOTE)
+    expect(tiny.get_by_test_id("llm-model-note")).to_have_count(0)
     expect(panel.get_by_test_id("llm-gpu-note")).to_contain_text("Too large for the GPU: small:3b")
 
     expect(panel.get_by_test_id("llm-queue-totals")).to_have_text("0 running of 1 slots, 0 waiting")
