@@ -147,6 +147,9 @@ _MARKERS: dict[str, tuple[bytes, ...]] = {
 # A line longer than this (no newline yet) is not kept: usage lines are short, and a response
 # event with the whole output in it stays far below.
 MAX_LINE = 8 * 1024 * 1024
+# A non-streamed answer is kept until its end to be parsed whole, up to this size (embeddings of
+# a large batch are bigger, and are not worth parsing for a prompt count).
+MAX_BODY = 32 * 1024 * 1024
 
 
 def usage_api(api: str, route: str) -> str:
@@ -168,23 +171,37 @@ def usage_from_body(api: str, body: bytes) -> TokenUsage | None:
 class StreamUsageSniffer:
     """Keeps the last token counts seen in a stream fed as raw byte chunks, split anywhere.
 
-    ``api``: ``ollama`` (NDJSON), ``openai``, ``anthropic``, ``responses`` (SSE ``data:`` lines).
-    Only complete lines that contain a usage marker are parsed.
+    ``api``: ``ollama``, ``openai``, ``anthropic``, ``responses``. ``framing``: ``ndjson``
+    (Ollama's streams), ``sse`` (``data:`` lines; the others' streams), or ``json`` (a whole
+    non-streamed answer, parsed once at :meth:`flush`). Default: the API's streaming framing.
+    In the line framings only complete lines that contain a usage marker are parsed.
     """
 
-    __slots__ = ("api", "usage", "_extract", "_markers", "_sse", "_tail")
+    __slots__ = ("api", "framing", "usage", "_extract", "_markers", "_sse", "_tail")
 
-    def __init__(self, api: str):
+    def __init__(self, api: str, framing: str | None = None):
         if api not in EXTRACTORS:
             raise ValueError(f"no usage extractor for api {api!r}")
         self.api = api
+        self.framing = framing or ("ndjson" if api == "ollama" else "sse")
+        if self.framing not in ("ndjson", "sse", "json"):
+            raise ValueError(f"unknown framing {framing!r}")
         self.usage = TokenUsage()
         self._extract = EXTRACTORS[api]
         self._markers = _MARKERS[api]
-        self._sse = api != "ollama"
+        self._sse = self.framing == "sse"
         self._tail = bytearray()
 
     def feed(self, chunk: bytes) -> None:
+        if self.framing == "dropped":
+            return
+        if self.framing == "json":
+            if len(self._tail) + len(chunk) <= MAX_BODY:
+                self._tail += chunk
+            else:
+                self._tail.clear()
+                self.framing = "dropped"  # too large to be worth parsing
+            return
         end = chunk.rfind(b"\n")
         if end < 0:
             if len(self._tail) + len(chunk) <= MAX_LINE:
@@ -203,7 +220,10 @@ class StreamUsageSniffer:
 
     def flush(self) -> TokenUsage:
         """End of stream: a last line without a newline counts too. Returns the counts."""
-        if self._tail:
+        if self.framing == "json":
+            self.usage.merge(usage_from_body(self.api, bytes(self._tail)))
+            self._tail.clear()
+        elif self._tail:
             self._scan(self._tail, len(self._tail))
             self._tail.clear()
         return self.usage
@@ -396,6 +416,10 @@ async def traced_stream(
     """``stream`` as sent to the client, with its first byte timed and its usage sniffed; the
     request is recorded when the stream ends, fails, or is closed (client gone)."""
     sniffer = trace.sniffer
+    if sniffer is not None and not trace.stream:
+        # a whole JSON answer (pass-through replies are streamed even when the request was not):
+        # parse it once at the end, for inference requests only (listings carry no counts)
+        sniffer = trace.sniffer = StreamUsageSniffer(sniffer.api, "json") if trace.model else None
     error: str | None = None
     try:
         async for chunk in stream:
@@ -458,12 +482,12 @@ class Telemetry:
         return RequestTrace(self, route, api, user, groups, method)
 
     def record(self, rec: RequestRecord) -> None:
-        """Metrics, usage (API requests of a known user) and one access-log line."""
+        """Metrics, usage (requests for a model by a known user) and one access-log line."""
         try:
             if type(rec.api) is not str:  # routes.Api is a str Enum: label with its value
                 rec.api = str(getattr(rec.api, "value", rec.api))
             self.metrics.observe_request(rec)
-            if rec.api != "service" and rec.user:
+            if rec.api != "service" and rec.user and rec.model:  # model requests, not listings
                 self.usage.add(rec)
             if self.access_log:
                 # the panel polls /backend/state and /queue: those GETs only at debug level

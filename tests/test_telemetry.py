@@ -538,6 +538,7 @@ def test_service_polls_are_debug_and_unknown_users_not_counted(caplog):
         t.record(rec(route="/backend/state", api="service", method="GET"))
         t.record(rec(route="/backend/start", api="service", method="POST"))
         t.record(rec(user="", status=401, error="Unauthorized"))
+        t.record(rec(route="/api/tags", method="GET", model=""))  # a listing: metrics only
     assert not any("/backend/state" in m for m in caplog.messages)
     assert any("/backend/start" in m for m in caplog.messages)
     assert t.usage.summary(None)["totals"]["requests"] == 0
@@ -592,6 +593,7 @@ async def test_traced_stream_records_at_the_end_and_when_the_client_goes():
     t = Telemetry(access_log=False)
     data = STREAMS["openai"][0]
     trace = t.begin("/v1/chat/completions", "openai", "alice", (), "POST")
+    trace.model, trace.stream = "tiny:1b", True
     trace.admitted("9")
     out = b"".join([c async for c in tm.traced_stream(trace, _chunks([data[:50], data[50:]]))])
     assert out == data and trace.record is not None
@@ -617,3 +619,41 @@ def test_queue_snapshot_from_admission_models():
     assert value(f, "jupyter_llm_af_queue_running", model="b:2b") == 2
     h = t.usage.queue_history()
     assert (h["waiting"][-1], h["running"][-1]) == (2, 4)  # the slot's maxima
+
+
+def test_json_framing_parses_a_whole_answer_once():
+    body = json.dumps(
+        {
+            "id": "c1",
+            "choices": [{"message": {"content": "x\n" * 10}}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 3},
+        },
+        indent=2,
+    ).encode()
+    for cuts in ([], [7], list(range(0, len(body), 5))):
+        s = StreamUsageSniffer("openai", "json")
+        start = 0
+        for cut in [*cuts, len(body)]:
+            s.feed(body[start:cut])
+            start = cut
+        assert s.flush() == TokenUsage(9, 3)
+    big = StreamUsageSniffer("openai", "json")
+    big.feed(b"x" * (tm.MAX_BODY + 1))
+    big.feed(b'{"usage": {"prompt_tokens": 1}}\n')
+    assert big.flush() == TokenUsage()  # too large: not kept, not parsed
+    with pytest.raises(ValueError):
+        StreamUsageSniffer("openai", "xml")
+
+
+@pytest.mark.asyncio
+async def test_traced_stream_of_a_non_streamed_answer():
+    t = Telemetry(access_log=False)
+    body = json.dumps({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2}}).encode()
+    trace = t.begin("/v1/chat/completions", "openai", "alice")
+    trace.model, trace.stream = "tiny:1b", False
+    trace.admitted()
+    assert b"".join([c async for c in tm.traced_stream(trace, _chunks([body[:9], body[9:]]))]) == body
+    assert (trace.record.prompt_tokens, trace.record.completion_tokens) == (4, 2)
+    listing = t.begin("/api/tags", "ollama", "alice", (), "GET")
+    assert [c async for c in tm.traced_stream(listing, _chunks([b'{"models": []}']))]
+    assert listing.record.prompt_tokens is None and listing.sniffer is None
