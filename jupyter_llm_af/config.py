@@ -234,15 +234,18 @@ class LLMService(Configurable):
         DEFAULT_BATCH_SCRIPT,
         config=True,
         help="""Batch script template (str.format fields: job_name, state_dir, time_limit,
-        signal_before_s, sbatch_directives, env_exports, backend_command). It must write
-        {"host", "port"} to ``endpoint-$SLURM_JOB_ID.json`` in the state dir (atomically) and keep
-        the backend a child of the script. The default advertises ``hostname -f``, or
-        ``JUPYTER_LLM_AF_HOST`` when set in ``slurm_backend_env``.""",
+        signal_before_s, sbatch_directives, env_exports, backend_command, and for the gateway:
+        gateway (true/false), secret_file, gateway_source). It must write {"host", "port"} (and
+        "gateway": true when a gateway guards the port) to ``endpoint-$SLURM_JOB_ID.json`` in the
+        state dir (atomically) and keep the backend a child of the script. The default advertises
+        ``hostname -f``, or ``JUPYTER_LLM_AF_HOST`` when set in ``slurm_backend_env``.""",
     )
     slurm_backend_command = Unicode(
         "ollama serve",
         config=True,
-        help="Command the job runs; it must listen on $OLLAMA_HOST (port in $JUPYTER_LLM_AF_PORT).",
+        help="""Command the job runs. It must listen on $OLLAMA_HOST, i.e. host
+        $JUPYTER_LLM_AF_BIND_HOST (127.0.0.1 behind the gateway) and port $JUPYTER_LLM_AF_PORT, e.g.
+        ``llama-server -m M.gguf --host $JUPYTER_LLM_AF_BIND_HOST --port $JUPYTER_LLM_AF_PORT``.""",
     )
     slurm_ready_path = Unicode(
         "auto",
@@ -251,6 +254,17 @@ class LLMService(Configurable):
         are requests sent to it. 'auto': picked from the command, else from ``backend_protocol``:
         ``/`` for Ollama, ``/health`` for llama.cpp's llama-server, vLLM and SGLang (they answer
         ``GET /`` with 404), ``/v1/models`` for llama-cpp-python. Set it for other servers.""",
+    )
+    slurm_gateway = Bool(
+        True,
+        config=True,
+        help="""Guard each job's port with the project's gateway (``jupyter_llm_af/gateway.py``, run by
+        the batch script with the node's ``python3``, 3.7+, or $JUPYTER_LLM_AF_PYTHON): the backend
+        listens on 127.0.0.1 only, and the gateway on the advertised port forwards only requests
+        carrying the job's secret, which the service creates 0600 in the state dir at submit time.
+        Without it anyone on the cluster network who finds the port reaches the backend, bypassing
+        tokens, the queue and fairness (Ollama has no auth). Turn it off only where a site firewall
+        already keeps the compute nodes' ports from everyone but the service's host.""",
     )
     slurm_backend_env = Dict(
         {},

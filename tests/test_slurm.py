@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from jupyter_llm_af.backends.base import Endpoint
 from jupyter_llm_af.backends.slurm import SlurmBackend, human_duration
 from jupyter_llm_af.backends.slurm_cli import (
     JobPhase,
@@ -27,6 +30,7 @@ from jupyter_llm_af.backends.slurm_cli import (
     parse_timestamp,
 )
 from jupyter_llm_af.errors import BackendUnavailable
+from jupyter_llm_af.gateway import SECRET_HEADER
 
 from . import slurm_helpers as sh
 
@@ -156,10 +160,11 @@ def deadline(seconds: float) -> float:
     return time.monotonic() + seconds
 
 
-async def generate(url: str, model: str = "tiny:1b", n: int = 3) -> dict:
-    async with httpx.AsyncClient(trust_env=False) as client:
+async def generate(endpoint: Endpoint, model: str = "tiny:1b", n: int = 3) -> dict:
+    """A request straight to the job, as the service sends it (with the endpoint's gateway secret)."""
+    async with httpx.AsyncClient(trust_env=False, headers=endpoint.headers) as client:
         r = await client.post(
-            url + "/api/generate",
+            endpoint.url + "/api/generate",
             json={"model": model, "prompt": "hi", "stream": False, "options": {"num_predict": n}},
             timeout=30,
         )
@@ -189,8 +194,8 @@ async def test_concurrent_first_requests_submit_exactly_one_job(make_backend, jo
     endpoint_file = backend.state_dir / f"endpoint-{endpoint.key}.json"
     assert json.loads(endpoint_file.read_text())["port"] == int(endpoint.url.rsplit(":", 1)[1])
     async with httpx.AsyncClient(trust_env=False) as client:
-        assert (await client.get(endpoint.url + "/")).text == "Ollama is running"
-    assert (await generate(endpoint.url))["done"] is True
+        assert (await client.get(endpoint.url + "/", headers=endpoint.headers)).text == "Ollama is running"
+    assert (await generate(endpoint))["done"] is True
 
     info = backend.describe(admin=True)
     assert info["state"] == "ready" and info["backend_url"] == endpoint.url
@@ -246,7 +251,7 @@ async def test_requests_wait_while_pending_then_succeed(make_backend, job_name: 
     print(f"pending job ready {time.monotonic() - released:.2f} s after the GPU was released")
     assert {e.key for e in endpoints} == {job_id}
     assert backend.cli.calls["submit"] == 1
-    assert (await generate(endpoints[0].url))["done"] is True
+    assert (await generate(endpoints[0]))["done"] is True
 
 
 @pytest.mark.slurm
@@ -255,7 +260,7 @@ async def test_idle_release_leaves_squeue_empty(make_backend, job_name: str) -> 
     backend = make_backend(idle_timeout=2.0)
     await backend.start()
     async with backend.lease(deadline(60)) as endpoint:
-        await generate(endpoint.url)
+        await generate(endpoint)
     assert sh.jobs_named(job_name)
     took = await sh.wait_until(lambda: not sh.jobs_named(job_name), 15, what="idle release")
     assert backend.state == "idle"
@@ -282,7 +287,7 @@ async def test_restart_adopts_running_job(make_backend, job_name: str) -> None:
     adopted = await second.ready_endpoint(deadline(30))
     assert adopted == endpoint
     assert second.cli.calls["submit"] == 0
-    assert (await generate(adopted.url))["done"] is True
+    assert (await generate(adopted))["done"] is True
     await second.shutdown()
     await sh.wait_until(lambda: not sh.jobs_named(job_name), 10, what="adopted job cancelled")
 
@@ -327,7 +332,7 @@ async def test_controller_down_unknown_keeps_serving_without_duplicate(make_back
         for _ in range(3):
             async with backend.lease(deadline(5)) as leased:
                 assert leased == endpoint
-                assert (await generate(leased.url))["done"] is True
+                assert (await generate(leased))["done"] is True
             await asyncio.sleep(1)
         assert backend.cli.calls["submit"] == 1
 
@@ -357,7 +362,7 @@ async def test_successor_handover_under_load_has_no_failures(make_backend, job_n
     backend = make_backend(gres="", time_limit="1", renew_before=45.0, steady_poll=1.0)
     await backend.start()
     first = await backend.ready_endpoint(deadline(60))
-    await generate(first.url, model="small:3b")  # loaded only on the first job: must be warmed
+    await generate(first, model="small:3b")  # loaded only on the first job: must be warmed
 
     served: dict[str, int] = {}
     failures: list[str] = []
@@ -375,6 +380,7 @@ async def test_successor_handover_under_load_has_no_failures(make_backend, job_n
                     async with backend.lease(deadline(60)) as endpoint:
                         r = await http.post(
                             endpoint.url + "/api/generate",
+                            headers=endpoint.headers,
                             json={
                                 "model": "tiny:1b",
                                 "prompt": "x",
@@ -425,7 +431,9 @@ async def test_successor_handover_under_load_has_no_failures(make_backend, job_n
     assert sh.job_state(first.key) == "CANCELLED"
     assert backend.cli.calls["submit"] == 2
     async with httpx.AsyncClient(trust_env=False) as http:
-        loaded = (await http.get(successor["backend_url"] + "/api/ps")).json()["models"]
+        serving = backend.serving_endpoint()
+        assert serving is not None and serving.url == successor["backend_url"]
+        loaded = (await http.get(serving.url + "/api/ps", headers=serving.headers)).json()["models"]
     assert "small:3b" in {m["name"] for m in loaded}, "models of the old job are warmed on the successor"
 
 
@@ -466,7 +474,7 @@ async def test_old_job_ending_before_successor_is_ready_makes_requests_wait(
     finally:
         activity.cancel()
     assert endpoint.key == successor_id
-    assert (await generate(endpoint.url))["done"] is True
+    assert (await generate(endpoint))["done"] is True
     assert backend.cli.calls["submit"] == 2
 
 
@@ -533,7 +541,9 @@ async def test_llama_server_job_becomes_ready_and_answers_a_chat(make_backend, j
     endpoint = await backend.ready_endpoint(deadline(120))
     print(f"llama-server job ready {time.monotonic() - started:.2f} s after the first request")
     assert backend.state == "ready"
-    async with httpx.AsyncClient(trust_env=False) as http:
+    async with httpx.AsyncClient(trust_env=False) as bare:  # the gateway guards the job's port
+        assert (await bare.get(endpoint.url + "/health")).status_code == 401
+    async with httpx.AsyncClient(trust_env=False, headers=endpoint.headers) as http:
         assert (await http.get(endpoint.url + "/")).status_code == 404  # why "/" never made it ready
         body = {
             "model": "smollm2:135m",
@@ -570,3 +580,79 @@ async def test_llama_server_probed_on_slash_never_becomes_ready(make_backend, jo
         await backend.ready_endpoint(deadline(60))
     assert "did not answer within 8 s" in exc.value.message
     await sh.wait_until(lambda: not sh.jobs_named(job_name), 15, what="job cancelled")
+
+
+# -- the per-job gateway (issue 14) --------------------------------------------------------------
+
+
+async def _output(*argv: str) -> str:
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    return out.decode()
+
+
+def _gateway_pid(secret_file: Path) -> int:
+    """The job's gateway process (``python3 - ... --secret-file FILE``), found by its command line."""
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--secret-file" in argv and str(secret_file).encode() in argv:
+            return int(proc.name)
+    raise AssertionError(f"no gateway process with {secret_file}")
+
+
+@pytest.mark.slurm
+@pytest.mark.asyncio
+async def test_gateway_guards_the_job_port(make_backend, job_name: str) -> None:
+    announce = 'echo "backend binds $OLLAMA_HOST";'
+    backend = make_backend(backend_command=f"{{ {announce} exec {sh.backend_command()}; }}")
+    await backend.start()
+    endpoint = await backend.ready_endpoint(deadline(60))
+    secret_file = backend.state_dir / f"secret-{endpoint.key}"
+    secret = secret_file.read_text().strip()
+    assert endpoint.headers == {SECRET_HEADER: secret} and len(secret) >= 32
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    async with httpx.AsyncClient(trust_env=False) as http:
+        for headers in ({}, {SECRET_HEADER: "guess"}):
+            r = await http.post(endpoint.url + "/api/generate", headers=headers, json={"model": "tiny:1b"})
+            assert r.status_code == 401, r.text
+        assert (await http.get(endpoint.url + "/", headers=endpoint.headers)).text == "Ollama is running"
+    assert (await generate(endpoint))["done"] is True
+    # the backend itself listens on loopback, on another port than the advertised one
+    output = (backend.state_dir / f"{job_name}-{endpoint.key}.out").read_text()
+    inner = output.split("backend binds ", 1)[1].split()[0]
+    assert inner.startswith("127.0.0.1:") and inner != f"127.0.0.1:{endpoint.url.rsplit(':', 1)[1]}"
+    # the secret is nowhere else: not in the endpoint file, the job's stored script or its listing
+    stored = await _output("scontrol", "write", "batch_script", endpoint.key, "-")
+    shown = await _output("scontrol", "-o", "show", "job", endpoint.key)
+    assert "--secret-file" in stored and "JUPYTER_LLM_AF_GATEWAY" in stored
+    endpoint_file = (backend.state_dir / f"endpoint-{endpoint.key}.json").read_text()
+    for text in (stored, shown, endpoint_file, output):
+        assert secret not in text
+    assert json.loads(endpoint_file)["gateway"] is True
+    await backend.shutdown()
+    assert not secret_file.exists(), "the secret goes with the job"
+
+
+@pytest.mark.slurm
+@pytest.mark.asyncio
+async def test_job_whose_gateway_dies_is_a_dead_backend(make_backend, job_name: str) -> None:
+    backend = make_backend()
+    await backend.start()
+    endpoint = await backend.ready_endpoint(deadline(60))
+    os.kill(_gateway_pid(backend.state_dir / f"secret-{endpoint.key}"), signal.SIGKILL)
+    killed = time.monotonic()
+    async with httpx.AsyncClient(trust_env=False) as http:
+        with pytest.raises(httpx.TransportError):
+            await http.get(endpoint.url + "/", headers=endpoint.headers, timeout=5)
+    backend.endpoint_failed(endpoint)  # what the proxy reports when the job refuses connections
+    await sh.wait_until(lambda: backend.state != "ready", 10, what="state leaves ready")
+    await sh.wait_until(lambda: not sh.jobs_named(job_name), 15, what="the job ends with its gateway")
+    print(f"gateway death noticed {time.monotonic() - killed:.2f} s after the kill")
+    # the next request waits for a new endpoint and is served there
+    again = await backend.ready_endpoint(deadline(60))
+    assert again.key != endpoint.key and again.headers != endpoint.headers
+    assert (await generate(again))["done"] is True
+    assert backend.cli.calls["submit"] == 2

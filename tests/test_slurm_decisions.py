@@ -21,6 +21,7 @@ from jupyter_llm_af.backends import slurm as slurm_module
 from jupyter_llm_af.backends.slurm import SlurmBackend, SlurmSettings
 from jupyter_llm_af.backends.slurm_settings import ready_path_for
 from jupyter_llm_af.errors import BackendUnavailable
+from jupyter_llm_af.gateway import SECRET_HEADER
 from jupyter_llm_af.state import BackendState
 
 from .resources.fake_slurm import FakeSlurm
@@ -395,3 +396,51 @@ async def test_probe_uses_the_ready_path(make, fake: FakeSlurm) -> None:
     server = fake.jobs[endpoint.key].server
     assert server is not None
     assert {path for method, path, _ in server.requests} == {"/health"}
+
+
+@pytest.mark.asyncio
+async def test_gateway_secret_in_a_0600_file_never_in_the_script(make, fake: FakeSlurm) -> None:
+    fake.auto_run = False
+    first = make(cancel_on_shutdown=False)
+    await first.start()
+    waiter = asyncio.create_task(first.ready_endpoint(soon()))
+    await until(lambda: first._current is not None)
+    job = fake.jobs[first._current.id]  # type: ignore[union-attr]
+    (nonce_file,) = first.state_dir.glob("secret-*")
+    assert nonce_file.stat().st_mode & 0o777 == 0o600
+    secret = nonce_file.read_text().strip()
+    assert len(secret) >= 32 and secret not in job.script and str(nonce_file) in job.script
+
+    await fake.run(job.id)  # the job renames it secret-<jobid> (for adoption) and guards its port
+    endpoint = await waiter
+    assert endpoint.headers == {SECRET_HEADER: secret} and secret not in repr(endpoint)
+    server = fake.jobs[job.id].server
+    assert server is not None and server.requests
+    assert all(h.get(SECRET_HEADER.lower()) == secret for _, _, h in server.requests), "probes carry it"
+    await first.shutdown()
+
+    second = make()  # a restarted service finds the secret by job id
+    await second.start()
+    adopted = await second.ready_endpoint(soon())
+    assert adopted == endpoint and adopted.headers == endpoint.headers
+    await second.shutdown()  # cancels the job: its endpoint and secret files go
+    assert sorted(p.name for p in second.state_dir.iterdir()) == []
+
+
+@pytest.mark.asyncio
+async def test_rejected_sbatch_leaves_no_secret_file(make, fake: FakeSlurm) -> None:
+    fake.reject_with = "sbatch: error: Batch job submission failed: Invalid partition name specified"
+    backend = make()
+    await backend.start()
+    with pytest.raises(BackendUnavailable):
+        await backend.ready_endpoint(soon())
+    assert list(backend.state_dir.glob("secret-*")) == []
+
+
+@pytest.mark.asyncio
+async def test_without_the_gateway_no_secret_is_made_or_sent(make, fake: FakeSlurm) -> None:
+    backend = make(gateway=False)
+    assert "\nGATEWAY=false\n" in backend.render_script() and "import asyncio" not in backend.render_script()
+    await backend.start()
+    endpoint = await backend.ready_endpoint(soon())
+    assert endpoint.headers == {} and list(backend.state_dir.glob("secret-*")) == []

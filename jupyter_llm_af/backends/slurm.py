@@ -146,7 +146,7 @@ class SlurmBackend(Backend):
                 except SlurmError as e:
                     log.warning("Slurm: could not cancel job(s) on shutdown: %s", e.stderr or e)
                 for job in jobs:
-                    await self._remove_endpoint_file(job)
+                    await self._forget_files(job)
             self._current = self._successor = None
             self._draining.clear()
         if self._http:
@@ -447,7 +447,7 @@ class SlurmBackend(Backend):
 
     async def _probe_and_update(self, job: SlurmJob) -> None:
         job.last_probe_mono = time.monotonic()
-        ok = await self._probe(job.url or "")
+        ok = await self._probe(job)
         if ok:
             job.probe_failures = 0
             job.unready_since = None
@@ -464,12 +464,12 @@ class SlurmBackend(Backend):
             job.unready_since = time.monotonic()
             self._notify()
 
-    async def _probe(self, url: str) -> bool:
-        if self._http is None:
+    async def _probe(self, job: SlurmJob) -> bool:
+        if self._http is None or not job.url:
             return False
         try:
-            ready = url + self.settings.ready_path
-            response = await self._http.get(ready, timeout=self.settings.probe_timeout)
+            ready = job.url + self.settings.ready_path
+            response = await self._http.get(ready, headers=job.headers(), timeout=self.settings.probe_timeout)
         except httpx.HTTPError:
             return False
         return response.status_code == 200
@@ -478,18 +478,39 @@ class SlurmBackend(Backend):
         record = await asyncio.to_thread(self.files.read_endpoint, job.id)  # a shared FS can stall
         if record is None:
             return  # not written yet (it is renamed into place, so never half-written)
+        if record.gateway and job.secret is None:  # adopted: the job renamed the file to its id
+            job.secret = await asyncio.to_thread(self.files.read_secret, job.id)
+            if job.secret is None:
+                if "no-secret" not in job.events:
+                    log.warning("Slurm: job %s has a gateway but its secret file is gone", job.id)
+                job.mark("no-secret")
+                return  # its gateway would answer 401 to everything: never ready
+        elif not record.gateway and self.settings.gateway and "no-gateway" not in job.events:
+            log.warning(
+                "Slurm: job %s runs without a gateway (a site batch script?): its port is open", job.id
+            )
+        if not record.gateway:
+            job.mark("no-gateway")
+        job.gateway = record.gateway
         job.host = record.host
         job.url = record.url
         job.mark("endpoint")
 
     async def _remove_endpoint_file(self, job: SlurmJob) -> None:
+        """The endpoint only (a requeued job publishes a new one and keeps its secret)."""
         await asyncio.to_thread(self.files.remove_endpoint, job.id)
+
+    async def _forget_files(self, job: SlurmJob) -> None:
+        """A job that ended or was cancelled: its endpoint and its secret go."""
+        await asyncio.to_thread(self.files.remove_endpoint, job.id)
+        names = [job.id] + ([job.secret_nonce] if job.secret_nonce else [])
+        await asyncio.to_thread(self.files.remove_secret, *names)
 
     async def _job_ended(self, job: SlurmJob) -> None:
         was_ready = job.ready or "ready" in job.events
         job.ready = False
         job.mark("ended")
-        await self._remove_endpoint_file(job)
+        await self._forget_files(job)
         if job is self._current or job is self._successor:
             if was_ready:
                 log.info("Slurm: job %s ended (%s)", job.id, await self._final_state(job))
@@ -527,7 +548,7 @@ class SlurmBackend(Backend):
             await self.cli.cancel(job.id)
         tail = await asyncio.to_thread(self.files.output_tail, job.id)
         message = msg.with_output(f"Job {job.id}: {why}", tail)
-        await self._remove_endpoint_file(job)
+        await self._forget_files(job)
         if job is self._current:
             self._current = None
             self._set_failed(message, fail_waiters=self._successor is None)
@@ -597,13 +618,18 @@ class SlurmBackend(Backend):
         return active
 
     async def _submit(self, *, successor: bool) -> None:
-        script = render_script(self.settings)
+        nonce = secret = None
+        if self.settings.gateway:
+            nonce, secret = await asyncio.to_thread(self.files.new_secret)
+        script = render_script(self.settings, str(self.files.secret_path(nonce)) if nonce else "")
         self._submitting = True
         self._notify()
         t_start = time.time()
         try:
             job_id = await self.cli.submit(script)
         except SlurmSubmitError as e:
+            if nonce and not e.timed_out:  # a killed sbatch may have queued the job: it needs the file
+                await asyncio.to_thread(self.files.remove_secret, nonce)
             detail = e.stderr or e.message
             if e.controller_unreachable:
                 # not a rejection; a listing must succeed before we try again (no duplicates)
@@ -627,7 +653,7 @@ class SlurmBackend(Backend):
         finally:
             self._submitting = False
             self._notify()
-        job = SlurmJob(id=job_id, submitted_at=datetime.now().astimezone())
+        job = SlurmJob(id=job_id, submitted_at=datetime.now().astimezone(), secret=secret, secret_nonce=nonce)
         job.events["submit_start"] = t_start
         job.mark("submitted")
         self.jobs_seen[job_id] = job
@@ -661,7 +687,7 @@ class SlurmBackend(Backend):
             for job in jobs:
                 job.ready = False
                 job.mark("cancelled")
-                await self._remove_endpoint_file(job)
+                await self._forget_files(job)
             self._current = self._successor = None
             self._draining.clear()
         finally:
@@ -696,7 +722,7 @@ class SlurmBackend(Backend):
                     with contextlib.suppress(SlurmError):
                         await self.cli.cancel(old.id)
                     old.mark("cancelled")
-                    await self._remove_endpoint_file(old)
+                    await self._forget_files(old)
                     self._draining.pop(old.id, None)
                     self._notify()
         except asyncio.CancelledError:
@@ -708,7 +734,9 @@ class SlurmBackend(Backend):
         http = self._http
         assert http is not None and old.url and new.url
         try:
-            response = await http.get(old.url + "/api/ps", timeout=self.settings.probe_timeout)
+            response = await http.get(
+                old.url + "/api/ps", headers=old.headers(), timeout=self.settings.probe_timeout
+            )
             models = [m.get("model") or m.get("name") for m in response.json().get("models", [])]
         except (httpx.HTTPError, ValueError, AttributeError):
             return  # not an Ollama backend, or the old one is gone: nothing to warm
@@ -721,7 +749,7 @@ class SlurmBackend(Backend):
             keep_alive = self.settings.warm_keep_alive
             body = {"model": model, "prompt": "", "keep_alive": keep_alive, "stream": False}
             with contextlib.suppress(httpx.HTTPError):
-                await http.post(new_url + "/api/generate", json=body, timeout=budget)
+                await http.post(new_url + "/api/generate", json=body, headers=new.headers(), timeout=budget)
 
         log.info("Slurm: warming %s on the successor", ", ".join(models))
         with contextlib.suppress(asyncio.TimeoutError):

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from ..gateway import SECRET_HEADER
 from ..state import JobDoc
 from .base import Endpoint
 from .slurm_cli import JobInfo, JobPhase
@@ -35,6 +36,9 @@ class SlurmJob:
     probe_failures: int = 0
     last_probe_mono: float = 0.0
     events: dict[str, float] = field(default_factory=dict)  # wall-clock times (benchmarks, logs)
+    gateway: bool = False  # its port is a gateway: every request carries the secret
+    secret: str | None = field(default=None, repr=False)
+    secret_nonce: str | None = None  # names secret-<nonce> until the running job renames it
 
     def mark(self, event: str) -> None:
         self.events.setdefault(event, time.time())
@@ -50,8 +54,12 @@ class SlurmJob:
         """Slurm's estimate for a pending job (``squeue --start``, else the listing's start time)."""
         return self.estimated_start or (self.info.start_time if self.info else None)
 
+    def headers(self) -> dict[str, str]:
+        """What every request to this job carries (the gateway's secret; nothing without a gateway)."""
+        return {SECRET_HEADER: self.secret} if self.gateway and self.secret else {}
+
     def endpoint(self) -> Endpoint | None:
-        return Endpoint(url=self.url, key=self.id) if self.url else None
+        return Endpoint(url=self.url, key=self.id, headers=self.headers()) if self.url else None
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -73,6 +73,7 @@ class SlurmSettings:
     steady_poll: float = STEADY_POLL_S
     ready_path: str = "auto"  # resolved by ready_path_for (auto: from the command)
     protocol: str = "auto"  # what the backend speaks (backend_protocol), for ready_path "auto"
+    gateway: bool = True  # the per-job gateway guards the job's port (off: a site firewall does)
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
@@ -138,6 +139,7 @@ class SlurmSettings:
             probe_timeout=float(cfg.connect_timeout),
             ready_path=cfg.slurm_ready_path,
             protocol=cfg.backend_protocol,
+            gateway=cfg.slurm_gateway,
         )
         values.update(overrides)
         return cls(**values)

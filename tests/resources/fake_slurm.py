@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import re
 import time
 from collections import Counter
@@ -28,14 +29,19 @@ from jupyter_llm_af.backends.slurm_cli import (
     job_phase,
     parse_duration,
 )
+from jupyter_llm_af.gateway import SECRET_HEADER
 
 CONTROLLER_DOWN = "Unable to contact slurm controller (connect failure)"
 
 
 class FakeBackendServer:
-    """A backend that answers 200 on every path (or 503 while ``healthy`` is False)."""
+    """A backend that answers 200 on every path (or 503 while ``healthy`` is False).
 
-    def __init__(self) -> None:
+    With ``secret`` it stands for a job behind its gateway: 401 without the secret header.
+    """
+
+    def __init__(self, secret: str | None = None) -> None:
+        self.secret = secret
         self.healthy = True
         self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers)
         self._server: asyncio.base_events.Server | None = None
@@ -64,13 +70,15 @@ class FakeBackendServer:
             if length:
                 await reader.readexactly(length)
             self.requests.append((method, path, headers))
-            if path == "/api/ps":
+            if self.secret is not None and headers.get(SECRET_HEADER.lower()) != self.secret:
+                status, body = 401, b'{"error": "this port only serves the LLM service"}'
+            elif path == "/api/ps":
                 status, body = 200, json.dumps({"models": []}).encode()
             elif self.healthy:
                 status, body = 200, b"Ollama is running"
             else:
                 status, body = 503, b'{"error": "loading model"}'
-            reason = "OK" if status == 200 else "Service Unavailable"
+            reason = {200: "OK", 401: "Unauthorized"}.get(status, "Service Unavailable")
             length_line = f"Content-Length: {len(body)}\r\n"
             head_out = f"HTTP/1.1 {status} {reason}\r\n{length_line}Connection: close\r\n\r\n"
             writer.write(head_out.encode() + body)
@@ -191,19 +199,31 @@ class FakeSlurm:
 
     # -- what the cluster does on its own --------------------------------------------------------
     async def run(self, job_id: str, *, serve: bool = True) -> FakeBackendServer | None:
-        """The job starts; with ``serve`` its backend listens and the endpoint file appears."""
+        """The job starts; with ``serve`` its backend listens and the endpoint file appears.
+
+        A script with the gateway on (``GATEWAY=true``) gets what the real one does: its secret
+        file renamed to ``secret-<jobid>``, a server that wants the secret, ``"gateway": true``.
+        """
         job = self.jobs[job_id]
         job.state, job.reason, job.started_mono = "RUNNING", "None", time.monotonic()
+        secret = None
+        if "\nGATEWAY=true\n" in job.script:
+            named = self.state_dir / f"secret-{job_id}"
+            if not named.exists():
+                nonce_file = re.search(r'mv "([^"]+)" "\$SECRET_FILE"', job.script)
+                assert nonce_file, "the script names no secret file"
+                os.replace(nonce_file.group(1), named)
+            secret = named.read_text().strip()
         if serve:
-            job.server = FakeBackendServer()
+            job.server = FakeBackendServer(secret)
             await job.server.start()
-            self.publish(job_id, job.server.port)
+            self.publish(job_id, job.server.port, gateway=secret is not None)
         return job.server
 
-    def publish(self, job_id: str, port: int) -> None:
+    def publish(self, job_id: str, port: int, gateway: bool = False) -> None:
         path = self.state_dir / f"endpoint-{job_id}.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"host": "127.0.0.1", "port": port, "job_id": job_id}))
+        tmp.write_text(json.dumps({"host": "127.0.0.1", "port": port, "job_id": job_id, "gateway": gateway}))
         tmp.replace(path)
 
     async def end(self, job_id: str, state: str = "COMPLETED") -> None:
@@ -213,7 +233,9 @@ class FakeSlurm:
         if job.server is not None:
             await job.server.stop()
             job.server = None
-        (self.state_dir / f"endpoint-{job_id}.json").unlink(missing_ok=True)
+        if job.started_mono is not None:  # the script's last line ran
+            (self.state_dir / f"endpoint-{job_id}.json").unlink(missing_ok=True)
+            (self.state_dir / f"secret-{job_id}").unlink(missing_ok=True)
 
     def pend(self, job_id: str, reason: str = "Resources") -> None:
         self.jobs[job_id].reason = reason
