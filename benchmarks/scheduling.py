@@ -360,6 +360,39 @@ def report(rows: list[dict[str, Any]]) -> str:
     return _common.table(header, out)
 
 
+def verdicts(rows: list[dict[str, Any]]) -> list[str]:
+    """Targets (issue 15), each from figures of this run."""
+
+    def fig(name: str, workload: str, model: str, what: str) -> float:
+        for r in rows:
+            if r["name"].startswith(name) and r["workload"] == workload and model in r:
+                return float(r[model][what])
+        return float("nan")
+
+    embed_a, embed_b = (
+        fig("(a) ", "normal", "embed", "wait_p95_s"),
+        fig("(b) ", "normal", "embed", "wait_p95_s"),
+    )
+    gen_a, gen_b = fig("(a) ", "normal", "gen", "wait_p95_s"), fig("(b) ", "normal", "gen", "wait_p95_s")
+    one, two = (
+        fig("(c) model-aware, 1", "heavy", "gen", "wait_p95_s"),
+        fig("(c) model-aware, 2", "heavy", "gen", "wait_p95_s"),
+    )
+    big_max = fig("(b) ", "swap", "big", "wait_max_s")
+    big_n = fig("(b) ", "swap", "big", "served")
+    bound = GEN_S * 3 + LOAD_S["big"] + LOAD_S["gen"]  # the longest gen running, then the two loads
+    return [
+        f"embeddings not held behind generations: embed p95 {embed_b:.2f} s model-aware vs {embed_a:.2f} s "
+        f"global, < 0.5 s: {_common.verdict(embed_b < 0.5 and embed_b <= embed_a)}",
+        f"generations no worse: gen p95 {gen_b:.2f} s vs {gen_a:.2f} s (+10 % at most): "
+        f"{_common.verdict(gen_b <= gen_a * 1.1 + 0.05)}",
+        f"a second job under twice the load: gen p95 {two:.2f} s vs {one:.2f} s with one, < half: "
+        f"{_common.verdict(two < one / 2)}",
+        f"no load starves: big served {big_n:.0f}, longest wait {big_max:.2f} s < {bound:.0f} s: "
+        f"{_common.verdict(big_max < bound)}",
+    ]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=0.05, help="wall seconds per model second")
@@ -378,6 +411,8 @@ def main() -> int:
     rows = asyncio.run(scenarios(args))
     print("times in model seconds (wall / scale); wait = arrival -> work starts on the backend")
     print(report(rows))
+    for line in verdicts(rows):
+        print(line)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
