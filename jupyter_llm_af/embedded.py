@@ -121,7 +121,7 @@ def default_threads(cores: int | None = None) -> int:
 
     llama.cpp's threads meet at a barrier after every operation, so one descheduled thread stalls
     the others: on 2 cores with one busy neighbour (each in its own autogroup) 2 threads turned a
-    24-token answer from 0.2 s into 5-50 s, 1 thread kept it at ~0.3 s (benchmarks/busy_neighbour.py).
+    24-token answer from 0.26 s into 3-14 s, 1 thread kept it at 0.33 s (benchmarks/busy_neighbour.py).
     """
     cores = cores or usable_cores()
     return 1 if cores <= 2 else min(4, cores // 2)
