@@ -191,6 +191,9 @@ left=$(in_session "$pid")
 stop_lab
 [ -z "$left" ] || fail "processes left in the server's session after it stopped: $left"
 phases+=("stop (SIGTERM to pid $pid): $(since "$t") s")
+# a clean stop leaves neither the router's presets nor its log in the runtime dir (issue 14)
+left=$(find "$WORK/home" \( -name 'llm-af-presets-*.ini' -o -name 'jupyter-llm-af-local-*.log' \) -print)
+[ -z "$left" ] || fail "files left behind after a clean stop: $left"
 
 echo "[newcomer] PASS ($MODE). Times:"
 for p in "${phases[@]}"; do echo "[newcomer]   $p"; done
