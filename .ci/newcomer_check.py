@@ -28,6 +28,7 @@ PANEL_TAB = '.jp-SideBar.jp-mod-left li[data-id="jupyter-llm-af-panel"]'
 
 KERNEL_CODE = """
 import json, os
+from importlib.metadata import version
 import ollama, openai
 prompt = [{"role": "user", "content": "What is the capital of France? One word."}]
 r = ollama.chat(model=MODEL, messages=prompt, options={"num_predict": 24})
@@ -36,8 +37,7 @@ print("NEWCOMER-RESULT " + json.dumps({
     "ollama": r["message"]["content"], "ollama_eval_count": r["eval_count"],
     "openai": o.choices[0].message.content, "openai_model": o.model,
     "OLLAMA_HOST": os.environ.get("OLLAMA_HOST"), "OPENAI_BASE_URL": os.environ.get("OPENAI_BASE_URL"),
-    "ollama_version": ollama.__version__ if hasattr(ollama, "__version__") else "?",
-    "openai_version": openai.__version__,
+    "ollama_version": version("ollama"), "openai_version": version("openai"),
 }))
 """
 
