@@ -69,6 +69,10 @@ def test_panel_opens_from_sidebar_with_state_and_models(new_page, lab: Proc) -> 
     # the site's note on a model shows where users pick it; models without one show none
     expect(small.get_by_test_id("llm-model-note")).to_have_text(BASE_NOTE)
     expect(tiny.get_by_test_id("llm-model-note")).to_have_count(0)
+    # the service's default model (the magics' and agents' default) is marked
+    default = httpx.get(f"{lab.extra['base']}llm/backend/state", headers=auth()).json()["default_model"]
+    expect(panel.locator('[data-testid="llm-default"]')).to_have_count(1)
+    expect(panel.locator(f'li[data-model="{default}"] [data-testid="llm-default"]')).to_have_text("default")
     expect(panel.get_by_test_id("llm-gpu-note")).to_contain_text("Too large for the GPU: small:3b")
 
     expect(panel.get_by_test_id("llm-queue-totals")).to_have_text("0 running of 1 slots, 0 waiting")
@@ -138,7 +142,7 @@ def test_queued_requests_show_positions_and_the_loaded_model(new_page, lab: Proc
     running = panel.locator('[data-testid="llm-running"] li[data-model="tiny:1b"]')
     expect(running).to_contain_text(re.compile(r"1\.0 GB in GPU memory, context 4096, expires in [45] min"))
     expect(
-        panel.locator('[data-testid="llm-models"] li[data-model="tiny:1b"] .jp-LLMPanel-badge')
+        panel.locator('[data-testid="llm-models"] li[data-model="tiny:1b"] [data-testid="llm-loaded"]')
     ).to_have_text("loaded")
     screenshot(page, "panel-queue-light")
 

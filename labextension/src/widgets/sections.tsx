@@ -166,7 +166,16 @@ export function ModelsSection(props: {
               <li key={tag.name} className="jp-LLMPanel-item" data-model={tag.name}>
                 <div className="jp-LLMPanel-itemMain">
                   <span className="jp-LLMPanel-name">{tag.name}</span>
-                  {loaded.has(tag.name) && <span className="jp-LLMPanel-badge">loaded</span>}
+                  {tag.name === state.default_model && (
+                    <span className="jp-LLMPanel-badge" data-testid="llm-default" title="Used when no model is named">
+                      default
+                    </span>
+                  )}
+                  {loaded.has(tag.name) && (
+                    <span className="jp-LLMPanel-badge" data-testid="llm-loaded">
+                      loaded
+                    </span>
+                  )}
                   <div className="jp-LLMPanel-subtle" data-testid="llm-model-details">
                     {modelDetails(tag)}
                   </div>
