@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
-from http.cookiejar import CookieJar, DefaultCookiePolicy
+from http.cookiejar import Cookie, CookieJar
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -53,6 +54,18 @@ def backend_host_header(base_url: str) -> str:
     return parts.netloc
 
 
+class NoCookieJar(CookieJar):
+    """A jar that never keeps a cookie: the clients are shared by every user, so a backend's
+    ``Set-Cookie`` for one must never be sent back for another. (Passed to httpx as a jar: an
+    ``httpx.Cookies`` wrapper would be copied into a default jar, policy and all lost.)"""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+    def set_cookie(self, cookie: Cookie) -> None:
+        return None
+
+
 class Upstream:
     """Pooled HTTP clients for backend traffic: aiohttp for the streaming pass-through (one write per
     socket read: about 3x the chunk rate of httpx here, see benchmarks/proxy_overhead.py), httpx for
@@ -70,8 +83,7 @@ class Upstream:
         self._session: aiohttp.ClientSession | None = None
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=60.0, pool=None),
-            # one client for every user: a backend's Set-Cookie must never be sent back for others
-            cookies=httpx.Cookies(CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))),
+            cookies=NoCookieJar(),  # one client for every user: never store a backend's cookie
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
             follow_redirects=False,
             trust_env=False,  # never route backend traffic through a user's proxy settings

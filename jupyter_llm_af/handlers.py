@@ -95,11 +95,16 @@ class LLMHandler(web.RequestHandler):
             raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
 
     def data_received(self, chunk: bytes) -> None:
+        # Tornado logs whatever this raises as an uncaught exception and drops the connection:
+        # answer 413 here instead; the rest of the body is then discarded (never buffered).
+        if self._finished:
+            return
         self._size += len(chunk)
-        if self._size > self.core.cfg.max_body_size:
-            raise PayloadTooLarge(
-                f"request body of over {self._size} bytes exceeds the limit of {self.core.cfg.max_body_size}"
-            )
+        limit = self.core.cfg.max_body_size
+        if self._size > limit:
+            self._chunks.clear()
+            self._send_error(PayloadTooLarge(f"request body exceeds the limit of {limit} bytes"))
+            return
         self._chunks.append(chunk)
 
     def on_connection_close(self) -> None:
@@ -138,6 +143,8 @@ class LLMHandler(web.RequestHandler):
         await self._dispatch(args)
 
     async def _dispatch(self, args: tuple[str, ...]) -> None:
+        if self._finished:  # answered while the body arrived (413)
+            return
         route = self.route
         method = self.request.method or "GET"
         try:

@@ -63,7 +63,9 @@ def hub_handler_class() -> type[LLMHandler]:
     """The handler for a JupyterHub managed service (imported lazily: jupyterhub is optional)."""
     from jupyterhub.services.auth import HubOAuthenticated
 
-    class HubLLMHandler(LLMHandler, HubOAuthenticated):
+    # HubOAuthenticated first: its get_current_user, check_xsrf_cookie and xsrf_token must win over
+    # tornado.web.RequestHandler's (with LLMHandler first, every hub user was refused with 403)
+    class HubLLMHandler(HubOAuthenticated, LLMHandler):
         """Hub users by OAuth cookie (browsers) or hub API token (``Authorization``/``x-api-key``)."""
 
         async def prepare(self) -> None:
