@@ -30,11 +30,16 @@ since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1
 phases=()
 t_all=$(now)
 
-# Debian chromium for the panel check (as scripts/install.sh --test does; never `playwright install`)
-if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-  echo "[newcomer] apt: chromium"
+# What the checks need (not the product): Debian chromium for the panel (as scripts/install.sh
+# --test does; never `playwright install`), curl, ps/pgrep. This runs before that install.
+need=()
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v curl >/dev/null || need+=(curl)
+command -v ps >/dev/null && command -v pkill >/dev/null || need+=(procps)
+if [ "${#need[@]}" -gt 0 ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "[newcomer] apt: ${need[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends chromium
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${need[@]}"
 fi
 
 # the checker's own venv: nothing of the product in it
