@@ -186,6 +186,44 @@ def test_request_conversion_covers_blocks_tools_and_sampling():
     assert off["chat_template_kwargs"] == {"enable_thinking": False} and "thinking_budget_tokens" not in off
 
 
+def test_system_role_messages_as_claude_code_sends_them():
+    req = {
+        "model": "m",
+        "max_tokens": 10,
+        "system": "Top.",
+        "messages": [
+            {"role": "system", "content": [{"type": "text", "text": "Agents: a, b."}]},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "system", "content": "Now be terse."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "why?"},
+                    {"type": "image", "source": {"type": "url", "url": "http://i"}},
+                ],
+            },
+            {"role": "system", "content": "Last word."},
+        ],
+    }
+    messages = messages_to_chat(req)["messages"]
+    assert messages[0] == {"role": "system", "content": "Top.\nAgents: a, b."}
+    assert messages[1:3] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    # later system text travels with the user turn (chat templates want system text first)
+    assert messages[3]["role"] == "user" and len(messages) == 4
+    parts = messages[3]["content"]
+    assert parts[0] == {"type": "text", "text": "<system-reminder>\nNow be terse.\n</system-reminder>"}
+    assert parts[1] == {"type": "text", "text": "why?"} and parts[2]["type"] == "image_url"
+    assert parts[3] == {"type": "text", "text": "<system-reminder>\nLast word.\n</system-reminder>"}
+    short = messages_to_chat(
+        {**req, "messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": "S"}]}
+    )
+    assert short["messages"][1] == {
+        "role": "user",
+        "content": "hi\n\n<system-reminder>\nS\n</system-reminder>",
+    }
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -193,7 +231,8 @@ def test_request_conversion_covers_blocks_tools_and_sampling():
         ({"max_tokens": "10"}, "max_tokens: Input should be a valid integer"),
         ({"model": None}, "model: Field required"),
         ({"messages": {"role": "user"}}, "messages: Input should be a valid list"),
-        ({"messages": [{"role": "system", "content": "x"}]}, 'Unexpected role "system"'),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role: Input should be 'user'"),
+        ({"messages": [{"role": "system", "content": [{"type": "image"}]}]}, "messages.0.content.0"),
         (
             {"messages": [{"role": "user", "content": [{"type": "video"}]}]},
             "messages.0.content.0.type: Input tag",

@@ -131,17 +131,33 @@ def estimate_input_tokens(req: Any) -> int:
 
 
 def _conversation(req: dict[str, Any]) -> ChatRequest:
-    messages: list[ChatMessage] = []
-    system = _system_text(req.get("system"))
-    if system:
-        messages.append({"role": "system", "content": system})
+    system = [_system_text(req.get("system"), "system")]
     raw = req.get("messages")
     if raw is None:
         raise BadRequest("messages: Field required")
     if not isinstance(raw, list):
         raise BadRequest("messages: Input should be a valid list")
+    messages: list[ChatMessage] = []
+    reminders: list[str] = []
     for i, msg in enumerate(raw):
-        messages.extend(_message(msg, f"messages.{i}"))
+        where = f"messages.{i}"
+        if isinstance(msg, dict) and msg.get("role") == "system":
+            # Messages in the system role (Claude Code sends them): before the conversation they
+            # join the system prompt; later ones go with the next user turn, as Claude Code itself
+            # words them for APIs without the role, since chat templates want system text first.
+            text = _system_text(msg.get("content"), f"{where}.content")
+            (reminders if messages else system).append(text)
+            continue
+        converted = _message(msg, where)
+        if reminders and msg.get("role") == "user":
+            converted = _with_reminders(converted, reminders)
+            reminders = []
+        messages.extend(converted)
+    if reminders:
+        messages = _with_reminders(messages, reminders, after=True)
+    prompt = "\n".join(t for t in system if t)
+    if prompt:
+        messages.insert(0, {"role": "system", "content": prompt})
     out: ChatRequest = {"messages": messages}
     tools = _tools(req.get("tools"))
     if tools:
@@ -151,18 +167,36 @@ def _conversation(req: dict[str, Any]) -> ChatRequest:
     return out
 
 
-def _system_text(system: Any) -> str:
+def _with_reminders(
+    messages: list[ChatMessage], reminders: list[str], after: bool = False
+) -> list[ChatMessage]:
+    """``messages`` with system text put into the last user message (before its text, or after it
+    for system text that ends the conversation)."""
+    text = "\n\n".join(f"<system-reminder>\n{r}\n</system-reminder>" for r in reminders if r)
+    last = messages[-1] if messages else None
+    if last is None or last["role"] != "user":
+        return [*messages, {"role": "user", "content": text}]
+    content = last.get("content")
+    if isinstance(content, list):
+        part: ChatContentPart = {"type": "text", "text": text}
+        parts = [*content, part] if after else [part, *content]
+        return [*messages[:-1], {"role": "user", "content": parts}]
+    joined = f"{content or ''}\n\n{text}" if after else f"{text}\n\n{content or ''}"
+    return [*messages[:-1], {"role": "user", "content": joined}]
+
+
+def _system_text(system: Any, where: str) -> str:
     if system is None or isinstance(system, str):
         return system or ""
     if not isinstance(system, list):
-        raise BadRequest("system: Input should be a valid string or a list of text blocks")
+        raise BadRequest(f"{where}: Input should be a valid string or a list of text blocks")
     texts = []
     for i, block in enumerate(system):
         if not isinstance(block, dict) or block.get("type") != "text":
-            raise BadRequest(f"system.{i}: only text blocks are allowed in system")
+            raise BadRequest(f"{where}.{i}: only text blocks are allowed here")
         text = block.get("text")
         if not isinstance(text, str):
-            raise BadRequest(f"system.{i}.text: Input should be a valid string")
+            raise BadRequest(f"{where}.{i}.text: Input should be a valid string")
         if not text.startswith(_BILLING_HEADER):
             texts.append(text)
     return "\n".join(texts)
@@ -172,13 +206,8 @@ def _message(msg: Any, where: str) -> list[ChatMessage]:
     if not isinstance(msg, dict):
         raise BadRequest(f"{where}: Input should be an object with role and content")
     role = msg.get("role")
-    if role == "system":
-        raise BadRequest(
-            f'{where}.role: Unexpected role "system". The Messages API accepts a top-level `system` '
-            'parameter, not "system" as an input message role.'
-        )
     if role not in ("user", "assistant"):
-        raise BadRequest(f"{where}.role: Input should be 'user' or 'assistant'")
+        raise BadRequest(f"{where}.role: Input should be 'user', 'assistant' or 'system'")
     content = msg.get("content")
     if content is None:
         raise BadRequest(f"{where}.content: Field required")
@@ -281,13 +310,18 @@ def _tool_result(block: dict[str, Any], where: str) -> ChatMessage:
     elif isinstance(content, list):
         for k, part in enumerate(content):
             at = f"{where}.content.{k}"
-            kind = _block_type(part, at, ("text", "image", "document"))
+            if not isinstance(part, dict):
+                raise BadRequest(f"{at}: Input should be a content block object")
+            kind = part.get("type")
             if kind == "image":
                 images.append(_image_part(part, at))
             elif kind == "document":
                 texts.append(_document_text(part, at))
-            else:
+            elif kind == "text":
                 texts.append(_text(part, at))
+            elif kind == "search_result":
+                texts += [str(c.get("text") or "") for c in part.get("content") or [] if isinstance(c, dict)]
+            # other kinds (e.g. Claude Code's tool_reference) mean nothing to another model: left out
     elif content is not None:
         raise BadRequest(f"{where}.content: Input should be a valid string or a list of content blocks")
     text = "\n".join(texts)
