@@ -121,6 +121,16 @@ class LLMService(Configurable):
         ``max_tokens`` (Ollama: ``options.num_predict``) and ``stop``. Keeps base models (which
         never stop on their own) from filling the screen.""",
     )
+    translate_routes = List(
+        Unicode(),
+        ["auto"],
+        config=True,
+        help="""Routes always translated onto the backend's /v1/chat/completions even when the
+        backend has them itself (``/v1/messages``, ``/v1/responses``). Routes a backend lacks are
+        translated anyway (probed once). 'auto': ``/v1/responses`` for an OpenAI-protocol backend
+        (llama.cpp's own Responses stream lacks the ``output_index``/``sequence_number`` fields
+        the openai SDK's stream helper needs), nothing for Ollama.""",
+    )
     default_model = Unicode(
         "",
         config=True,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from .apis import anthropic, responses
 from .backends.base import Endpoint
 from .errors import (
     BackendRejected,
@@ -38,11 +39,16 @@ from .errors import (
 )
 from .forwarding import response_headers
 from .routes import Api, Kind, Route, backend_target
-from .translate import OLLAMA_API_VERSION, BackendModel
+from .translate import BackendModel
 
 if TYPE_CHECKING:
     from .service import LLMCore
 
+# What /api/version says when the backend is not Ollama: the Ollama API level the service offers
+# (Responses since 0.13.3, Messages since 0.14; Codex --oss wants at least 0.13.4).
+REPORTED_OLLAMA_VERSION = "0.14.0"
+# Routes a backend may lack that can be translated onto /v1/chat/completions.
+_CHAT_SHAPED = frozenset({"/v1/messages", "/v1/messages/count_tokens", "/v1/responses"})
 # Deepest JSON nesting accepted in a request body (tool schemas nest; attacks nest far more).
 MAX_JSON_DEPTH = 64
 # Attempts to reach a backend before the first byte of an answer (then a clear error).
@@ -140,6 +146,15 @@ def validate_common(body: dict[str, Any]) -> None:
                 raise BadRequest(f"'{key}[{i}]' must be an object", param=key)
 
 
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split("-")[0].split("."):
+        if not piece.isdigit():
+            break
+        parts.append(int(piece))
+    return tuple(parts)
+
+
 def apply_model_defaults(route: Route, body: dict[str, Any], defaults: Mapping[str, Any]) -> bool:
     """Fill in a model's generation defaults (``max_tokens``, ``stop``) where the request has none,
     in the API's own field names. True if the body changed."""
@@ -200,10 +215,18 @@ class Pipeline:
         return Reply(200, {"Content-Type": "text/plain; charset=utf-8"}, b"Ollama is running")
 
     async def _version(self, req: Request) -> Reply:
+        """The backend's own version when it is an Ollama at least as new as the API level this
+        service offers (it translates what an older one lacks), else that level."""
         core = self.core
-        if core.protocol == "ollama" and core.backend.serving_url() is not None:
-            return await self._leased(req, activity=False)
-        return json_reply({"version": OLLAMA_API_VERSION})
+        version = REPORTED_OLLAMA_VERSION
+        url = core.backend.serving_url()
+        if core.protocol == "ollama" and url is not None:
+            with contextlib.suppress(ServiceError, ValueError, TypeError):
+                doc = await core.upstream.get_json(url, "/api/version", timeout=10)
+                theirs = str(doc.get("version", "")) if isinstance(doc, dict) else ""
+                if _version_tuple(theirs) > _version_tuple(version):
+                    version = theirs
+        return json_reply({"version": version})
 
     async def _state(self, req: Request) -> Reply:
         core = self.core
@@ -358,6 +381,10 @@ class Pipeline:
             return await self._translated_ollama(req, body or {}, endpoint.url)
         if core.protocol == "openai" and req.route.kind is Kind.READ:
             return await self._openai_listing(req, endpoint.url)
+        if req.route.path in _CHAT_SHAPED and (
+            req.route.path in core.translate_routes or not await self._serves(endpoint, req.route.path)
+        ):
+            return await self._over_chat(req, body or {}, endpoint, stack)
         rename = None
         if core.protocol == "openai" and api is not Api.OLLAMA and body and body.get("model"):
             m = await self._check_openai_model(endpoint.url, body["model"])
@@ -425,6 +452,73 @@ class Pipeline:
                 return json_reply(entry)
         raise NotFound(f"The model '{req.arg}' does not exist", param="model", code="model_not_found")
 
+    # -- Anthropic Messages and OpenAI Responses over chat completions --------------------------
+    async def _serves(self, endpoint: Endpoint, path: str) -> bool:
+        """Whether the backend at ``endpoint`` has ``path`` itself: asked once (an empty POST:
+        a route it lacks answers 404/405, one it has rejects the body), then remembered."""
+        known = self.core.capabilities.setdefault(endpoint.url, {})
+        if path not in known:
+            async with self.core.upstream.stream(
+                "POST",
+                endpoint.url,
+                path,
+                b"{}",
+                {"content-type": "application/json"},
+                endpoint_headers(endpoint),
+            ) as resp:
+                text = (await resp.read())[:2000].decode(errors="replace").lower()
+                # "model '' not found" is a route that exists and wants a model
+                known[path] = resp.status not in (404, 405, 501) or "model" in text
+            self.core.log.info(
+                "backend at %s %s %s natively", endpoint.url, "serves" if known[path] else "lacks", path
+            )
+        return known[path]
+
+    async def _over_chat(
+        self, req: Request, body: dict[str, Any], endpoint: Endpoint, stack: contextlib.AsyncExitStack
+    ) -> Reply:
+        """A backend without /v1/messages or /v1/responses: the request translated onto its
+        /v1/chat/completions, the answer (or stream) translated back."""
+        core, path = self.core, req.route.path
+        if path == "/v1/messages/count_tokens":
+            return json_reply({"input_tokens": anthropic.estimate_input_tokens(body)})
+        if not await self._serves(endpoint, "/v1/chat/completions"):
+            raise NotSupported(
+                f"the backend serves neither {path} nor /v1/chat/completions to translate it onto"
+            )
+        chat: dict[str, Any] = dict(
+            anthropic.messages_to_chat(body) if path == "/v1/messages" else responses.responses_to_chat(body)
+        )
+        name = str(body.get("model") or "")
+        if core.protocol == "openai":
+            chat["model"] = (await self._check_openai_model(endpoint.url, name)).backend_id
+        resp = await stack.enter_async_context(
+            core.upstream.stream(
+                "POST",
+                endpoint.url,
+                "/v1/chat/completions",
+                json.dumps(chat).encode(),
+                {"content-type": "application/json"},
+                endpoint_headers(endpoint),
+            )
+        )
+        if resp.status >= 400:
+            raise await _backend_error(resp, req.route.api)
+        if not chat.get("stream"):
+            try:
+                doc = json.loads(await _read_all(resp))
+            except ValueError:
+                raise UpstreamError("the backend's answer was not JSON") from None
+            if path == "/v1/messages":
+                return json_reply(anthropic.chat_to_message(doc, name))
+            return json_reply(responses.chat_to_response(doc, body))
+        conv: anthropic.MessagesStream | responses.ResponsesStream
+        if path == "/v1/messages":
+            conv = anthropic.MessagesStream(name, anthropic.estimate_input_tokens(body))
+        else:
+            conv = responses.ResponsesStream(body)
+        return Reply(200, {"Content-Type": "text/event-stream"}, stream=_converted_sse(resp, conv))
+
     # -- Ollama's API over an OpenAI backend ---------------------------------------------------
     async def _translated_ollama(self, req: Request, body: dict[str, Any], base_url: str) -> Reply:
         tr = self.core.translator
@@ -436,7 +530,7 @@ class Pipeline:
         if path == "/api/ps":
             return json_reply(await tr.ps(base_url))
         if path == "/api/version":
-            return json_reply({"version": OLLAMA_API_VERSION})
+            return json_reply({"version": REPORTED_OLLAMA_VERSION})
         if path == "/api/show":
             shown = await tr.show(base_url, body)
             note = self.core.catalogue.notes.get(str(body.get("model") or body.get("name") or ""))
@@ -562,6 +656,44 @@ async def _relay_stream(resp: aiohttp.ClientResponse, api: Api) -> AsyncIterator
             yield data
     except (aiohttp.ClientError, asyncio.TimeoutError) as e:
         yield stream_error_chunk(api.value, f"backend connection lost: {type(e).__name__}")
+
+
+async def _sse_objects(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of a backend's SSE stream, until ``[DONE]``."""
+    tail = b""
+    async for chunk in resp.content.iter_any():
+        data = tail + chunk
+        *lines, tail = data.split(b"\n")
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                return
+            try:
+                obj = json.loads(payload)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                yield obj
+
+
+async def _converted_sse(
+    resp: aiohttp.ClientResponse, conv: anthropic.MessagesStream | responses.ResponsesStream
+) -> AsyncIterator[bytes]:
+    yield conv.start()
+    try:
+        async for obj in _sse_objects(resp):
+            out = conv.feed(obj)
+            if out:
+                yield out
+    except ServiceError as e:
+        yield conv.error(e.message)
+        return
+    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        yield conv.error(f"backend connection lost: {type(e).__name__}")
+        return
+    yield conv.finish()
 
 
 async def _ndjson(objects: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:

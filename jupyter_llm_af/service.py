@@ -50,6 +50,12 @@ class LLMCore:
             self.backend = UnconfiguredBackend(str(e))
         if cfg.backend_protocol != "auto":
             self.protocol = cfg.backend_protocol
+        wanted = set(cfg.translate_routes)
+        if "auto" in wanted:
+            wanted.discard("auto")
+            if self.protocol == "openai":
+                wanted.add("/v1/responses")
+        self.translate_routes = frozenset(wanted)
         headers = dict(cfg.upstream_headers)
         self.relay = cfg.backend == "relay"
         if self.relay:
@@ -64,6 +70,8 @@ class LLMCore:
             cfg.max_concurrent or self.parallelism, cfg.max_queue, cfg.max_queue_per_user
         )
         self.catalogue = ModelCatalogue(cfg.model_notes)
+        # backend URL → {path: served natively?}, probed on first use (pipeline._serves)
+        self.capabilities: dict[str, dict[str, bool]] = {}
         self.pipeline = Pipeline(self)
 
     # -- construction ---------------------------------------------------------------------
