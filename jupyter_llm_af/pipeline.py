@@ -38,11 +38,14 @@ from .errors import (
     stream_error_chunk,
 )
 from .forwarding import response_headers
+from .metrics import metrics_allowed
 from .routes import Api, Kind, Route, backend_target
 from .translate import BackendModel
+from .usage import usage_answer
 
 if TYPE_CHECKING:
     from .service import LLMCore
+    from .telemetry import RequestTrace
 
 # What /api/version says when the backend is not Ollama: the Ollama API level the service offers
 # (Responses since 0.13.3, Messages since 0.14; Codex --oss wants at least 0.13.4).
@@ -70,6 +73,8 @@ class Request:
     body: bytes = b""
     headers: Mapping[str, str] = field(default_factory=dict)
     arg: str | None = None  # the route's one parameter (model id, blob digest, action)
+    query: Mapping[str, str] = field(default_factory=dict)  # /usage only (since, until, days, user)
+    trace: RequestTrace | None = None  # telemetry of this request (timings, model, job)
 
     @property
     def service_path(self) -> str:
@@ -251,10 +256,21 @@ class Pipeline:
         return json_reply({"action": action, "state": result})
 
     async def _usage(self, req: Request) -> Reply:
-        raise NotFound("usage accounting is not enabled on this service")
+        if self.core.relay:
+            return await self._relay(req)
+        ident = req.identity
+        return json_reply(usage_answer(self.core.telemetry.usage, ident.user, ident.admin, req.query))
 
     async def _metrics(self, req: Request) -> Reply:
-        raise NotFound("metrics are not enabled on this service")
+        core = self.core
+        authorization = req.headers.get("Authorization", "")
+        if not metrics_allowed(authorization, core.cfg.metrics_token, req.identity.admin):
+            raise Forbidden("/metrics is for admins of this service and the metrics token")
+        # gauges read at scrape time (launchers and the queue also report as things change)
+        core.telemetry.queue_snapshot(core.admission.models())
+        core.telemetry.backend_reachable(core.backend.serving_url() is not None)
+        body, ctype = core.telemetry.render_metrics()
+        return Reply(200, {"Content-Type": ctype}, body)
 
     async def _relay(self, req: Request) -> Reply:
         status, doc = await self.core.relay_json(req.method, req.service_path)
@@ -296,12 +312,16 @@ class Pipeline:
         if apply_model_defaults(req.route, body, core.cfg.model_defaults):
             req.body = json.dumps(body).encode()
         stream = req.route.is_stream(body)
+        if req.trace is not None:
+            req.trace.model, req.trace.stream = str(model), stream
         deadline = time.monotonic() + core.cfg.max_wait
         stack = contextlib.AsyncExitStack()
         try:
             ticket = await stack.enter_async_context(
                 core.admission.slot(req.identity.user, str(model), deadline, stream)
             )
+            core.telemetry.queue_snapshot(core.admission.models())
+            stack.callback(lambda: core.telemetry.queue_snapshot(core.admission.models()))
             reply = await self._to_backend(req, body, deadline, stack, activity=True)
         except BaseException:
             await stack.aclose()
@@ -353,6 +373,8 @@ class Pipeline:
             attempt_stack = contextlib.AsyncExitStack()
             try:
                 endpoint = await attempt_stack.enter_async_context(core.backend.lease(deadline, activity))
+                if req.trace is not None:
+                    req.trace.admitted(endpoint.key if core.backend.kind == "slurm" else None)
                 reply = await self._send(req, body, endpoint, attempt_stack)
             except UpstreamError as e:
                 await attempt_stack.aclose()

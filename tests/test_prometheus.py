@@ -253,3 +253,68 @@ def test_prometheus_without_the_token_gets_nothing(token):
             wait_for(url, 'up{job="jupyter-llm-af"}', 0)
             assert answered and set(answered) == {401}
             assert query(url, "jupyter_llm_af_requests_total") == []
+def test_prometheus_scrapes_the_service(ollama_double):
+    """The real standalone service in front of the Ollama double: traffic through its APIs, then
+    Prometheus reads the request, queue and token series from its /metrics (metrics token), and
+    the usage API and the accounting file hold the very counts the backend reported."""
+    from .conftest import PY, TOKEN, auth, start_process
+
+    with tempfile.TemporaryDirectory(prefix="llm-af-prom-") as d:
+        tmp = Path(d)
+        port = free_port()
+        service = start_process(
+            [PY, "-m", "jupyter_llm_af", "serve", "--port", str(port), "--token", TOKEN,
+             "--backend", "upstream", "--upstream-url", ollama_double.url,
+             f"--LLMService.usage_log_file={tmp / 'usage.jsonl'}"],
+            f"http://127.0.0.1:{port}/",
+            headers=auth(),
+            env={"JUPYTER_LLM_AF_METRICS_TOKEN": METRICS_TOKEN},
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        try:
+            reported = {"prompt": 0, "completion": 0}
+            chat = {"model": "tiny:1b", "messages": [{"role": "user", "content": "hello there"}]}
+            for _ in range(3):  # streamed NDJSON: the counts are on the last line
+                with httpx.stream("POST", base + "/api/chat", json=chat, headers=auth(), timeout=30) as r:
+                    lines = [json.loads(x) for x in r.iter_lines() if x.strip()]
+                reported["prompt"] += lines[-1]["prompt_eval_count"]
+                reported["completion"] += lines[-1]["eval_count"]
+            for _ in range(2):  # OpenAI, not streamed
+                doc = httpx.post(base + "/v1/chat/completions", json=chat, headers=auth(), timeout=30).json()
+                reported["prompt"] += doc["usage"]["prompt_tokens"]
+                reported["completion"] += doc["usage"]["completion_tokens"]
+            missing = {**chat, "model": "nope:1b", "stream": False}
+            assert httpx.post(base + "/api/chat", json=missing, headers=auth(), timeout=30).status_code == 404
+            # the metrics token opens /metrics and nothing else; API tokens of non-admins do not
+            metrics_auth = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+            assert httpx.get(base + "/metrics", headers=metrics_auth, timeout=10).status_code == 200
+            assert httpx.get(base + "/api/tags", headers=metrics_auth, timeout=10).status_code == 401
+            with prometheus(scrape_config(tmp, f"127.0.0.1:{port}", "/metrics", METRICS_TOKEN), tmp) as url:
+                wait_for(url, 'up{job="jupyter-llm-af"}', 1)
+                wait_for(url, 'sum(jupyter_llm_af_requests_total{route="/api/chat",status_class="2xx"})', 3)
+                assert scalar(url, 'sum(jupyter_llm_af_requests_total{route="/v1/chat/completions"})') == 2
+                assert scalar(url, 'sum(jupyter_llm_af_requests_total{status_class="4xx"})') == 1
+                assert scalar(url, "sum(jupyter_llm_af_prompt_tokens_total)") == reported["prompt"]
+                assert scalar(url, "sum(jupyter_llm_af_completion_tokens_total)") == reported["completion"]
+                assert scalar(url, 'sum(jupyter_llm_af_queue_wait_seconds_count{model="tiny:1b"})') == 5
+                assert (
+                    scalar(url, 'sum(jupyter_llm_af_time_to_first_token_seconds_count{model="tiny:1b"})') == 5
+                )
+                assert scalar(url, 'jupyter_llm_af_requests_in_flight{api="ollama"}') == 0
+                assert scalar(url, 'jupyter_llm_af_queue_waiting{model="tiny:1b"}') == 0
+                assert scalar(url, 'jupyter_llm_af_queue_running{model="tiny:1b"}') == 0
+                assert scalar(url, "jupyter_llm_af_backend_reachable") == 1
+            usage = httpx.get(base + "/usage?days=1", headers=auth(), timeout=10).json()
+            totals = usage["usage"]["totals"]
+            assert (totals["prompt_tokens"], totals["completion_tokens"]) == (
+                reported["prompt"],
+                reported["completion"],
+            )
+            assert totals["requests"] == 6 and totals["errors"] == 1
+            lines = [json.loads(x) for x in (tmp / "usage.jsonl").read_text().splitlines()]
+            assert sum(x["completion_tokens"] or 0 for x in lines) == reported["completion"]
+            assert TOKEN not in (tmp / "usage.jsonl").read_text() and TOKEN not in service.log()
+            access = [x for x in service.log().splitlines() if "route=/api/chat" in x]
+            assert len(access) == 4 and all("user=user" in x and "prompt_tokens=" in x for x in access)
+        finally:
+            service.stop()

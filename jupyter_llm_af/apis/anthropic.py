@@ -423,7 +423,7 @@ def _sampling(req: dict[str, Any], out: ChatRequest) -> None:
     for key in ("temperature", "top_p"):
         value = optional_number(req, key)
         if value is not None:
-            out[key] = float(value)  # type: ignore[literal-required]
+            out[key] = float(value)
     top_k = optional_int(req, "top_k", minimum=0)
     if top_k is not None:
         out["top_k"] = top_k

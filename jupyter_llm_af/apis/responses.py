@@ -160,7 +160,7 @@ def responses_to_chat(req: Any) -> ChatRequest:
     for key in ("temperature", "top_p"):
         value = optional_number(req, key)
         if value is not None:
-            out[key] = float(value)  # type: ignore[literal-required]
+            out[key] = float(value)
     tools = _tools(req.get("tools"))
     if tools:
         out["tools"] = tools
