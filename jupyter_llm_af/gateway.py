@@ -6,12 +6,14 @@ listens on 127.0.0.1 only; the gateway listens on the port the job advertises an
 request only if its :data:`SECRET_HEADER` equals the secret in ``--secret-file`` (written 0600 into
 the service's state dir at submit time, read once here). Without it: 401 and the connection closes.
 
-Everything else passes unchanged and promptly: the secret header is removed, then the request and
-the response are written on as their bytes arrive (no buffering, so streams keep their pace),
-client connections are kept alive, and each request gets a fresh loopback connection to the
-backend (a pooled connection the backend closed while idle can never fail a request). When the
-backend does not accept the connection, the client's connection is closed without an answer,
-as the dead backend's own socket would.
+Everything else passes unchanged and promptly: the secret header is removed, then the response is
+written on as its bytes arrive (no buffering, so streams keep their pace). Each client connection
+is kept alive and has its own loopback connection to the backend, reused while it was idle less
+than :data:`UPSTREAM_IDLE` (shorter than the backends' own keep-alive timeouts, llama-server's
+and uvicorn's 5 s); a request that finds that connection closed before any answer byte is sent
+again on a fresh one (small bodies are held for that; larger ones always get a fresh connection).
+When the backend does not accept a connection, the client's connection is closed without an
+answer, as the dead backend's own socket would.
 
     python3 gateway.py --listen 0.0.0.0:PORT --upstream 127.0.0.1:PORT --secret-file FILE
 """
@@ -23,6 +25,7 @@ import asyncio
 import hmac
 import json
 import sys
+import time
 from typing import TYPE_CHECKING
 
 SECRET_HEADER = "X-LLM-AF-Job-Secret"
@@ -31,6 +34,8 @@ HEAD_LIMIT = 64 * 1024  # request/response head size; also the read buffer's lim
 READ_SIZE = 64 * 1024
 FIRST_REQUEST_TIMEOUT = 30.0  # a connection that has not shown the secret may not linger
 IDLE_TIMEOUT = 300.0  # longer than clients keep idle pooled connections (aiohttp 15 s, httpx 5 s)
+UPSTREAM_IDLE = 2.0  # reuse a backend connection idle at most this long (theirs close after ~5 s)
+REPLAY_LIMIT = 1024 * 1024  # request bodies up to this size are held, to be sent again if needed
 CRLF = b"\r\n"
 
 if TYPE_CHECKING:  # annotations are never evaluated (the node's python3 may be 3.7)
@@ -132,6 +137,24 @@ async def _reply(writer: asyncio.StreamWriter, status: int, reason: str, message
         pass
 
 
+class _Upstream:
+    """One loopback connection to the backend, owned by one client connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+        self.idle_since = time.monotonic()
+
+    def reusable(self) -> bool:
+        return (
+            not self.reader.at_eof()
+            and not self.writer.is_closing()
+            and time.monotonic() - self.idle_since < UPSTREAM_IDLE
+        )
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 class Gateway:
     """Forwards authorized requests from clients to ``upstream_host:upstream_port``."""
 
@@ -149,15 +172,20 @@ class Gateway:
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One client connection: requests one after the other while it stays alive."""
         timeout = FIRST_REQUEST_TIMEOUT
+        upstream: list[_Upstream] = []  # at most one: the connection kept for the next request
         try:
             while True:
+                # a timer, not wait_for: that would cost a task (an event-loop turn) per request
+                idle = asyncio.get_running_loop().call_later(timeout, writer.close)
                 try:
-                    head = await asyncio.wait_for(reader.readuntil(CRLF + CRLF), timeout)
+                    head = await reader.readuntil(CRLF + CRLF)
                 except asyncio.LimitOverrunError:
                     await _reply(writer, 431, "Request Header Fields Too Large", "request head too large")
                     return
-                except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
-                    return  # closed or idle: nothing half-done
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return  # closed, or idle too long (the timer closed it): nothing half-done
+                finally:
+                    idle.cancel()
                 try:
                     start, headers = parse_head(head)
                     method, _target, version = start.split(b" ")
@@ -169,14 +197,22 @@ class Gateway:
                     return
                 timeout = IDLE_TIMEOUT
                 headers = [(n, v) for n, v in headers if n.lower() != _SECRET_NAME]
-                if not await self.forward(method, start, version, headers, reader, writer):
+                if not await self.forward(method, start, version, headers, reader, writer, upstream):
                     return
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, BadMessage):
             return  # one side broke the exchange off: so does the gateway
         except Exception as e:  # never let one connection take the gateway down
             print(f"gateway: {e!r}", file=sys.stderr, flush=True)
         finally:
+            for kept in upstream:
+                kept.close()
             writer.close()
+
+    async def _connect(self) -> _Upstream:
+        reader, writer = await asyncio.open_connection(
+            self.upstream_host, self.upstream_port, limit=HEAD_LIMIT
+        )
+        return _Upstream(reader, writer)
 
     async def forward(
         self,
@@ -186,8 +222,12 @@ class Gateway:
         headers: Headers,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
+        kept: list[_Upstream],
     ) -> bool:
-        """Forward one request and its response; True if the client connection may be reused."""
+        """Forward one request and its response; True if the client connection may be reused.
+
+        ``kept`` holds the backend connection of the previous request, if it may serve this one.
+        """
         if method == b"CONNECT" or values(headers, b"upgrade"):
             await _reply(writer, 501, "Not Implemented", "no tunnels or upgrades")
             return False
@@ -203,49 +243,86 @@ class Gateway:
             return False
         connection = tokens(headers, b"connection")
         keep_alive = b"close" not in connection and (version != b"HTTP/1.0" or b"keep-alive" in connection)
+        head = render_head(start, headers)
+        body = b""
+        replayable = not chunked and (length or 0) <= REPLAY_LIMIT
+        if replayable and length:
+            body = await reader.readexactly(length)
+        up = kept.pop() if kept else None
+        if up is not None and not (replayable and up.reusable()):
+            up.close()
+            up = None
+        while True:
+            fresh = up is None
+            if up is None:
+                try:
+                    up = await self._connect()
+                except OSError:
+                    return False  # the backend is gone: close, as its own socket would have
+            try:
+                up.writer.write(head + body)
+                if chunked:
+                    await _copy_chunked_request(reader, up.writer)
+                elif not replayable and length:
+                    await _copy_exactly(reader, up.writer, length)
+                await up.writer.drain()
+                response_head, rest = await read_head(up.reader)
+                break
+            except (ConnectionError, asyncio.IncompleteReadError) as e:
+                up.close()
+                up = None
+                if fresh or isinstance(e, asyncio.IncompleteReadError) and e.partial:
+                    return False  # a fresh connection failing is the backend failing
+                # the kept connection was closed by the backend while idle: send it again, fresh
         try:
-            up_reader, up_writer = await asyncio.open_connection(
-                self.upstream_host, self.upstream_port, limit=HEAD_LIMIT
-            )
-        except OSError:
-            return False  # the backend is gone: close, as its own socket would have
-        try:
-            up_writer.write(render_head(start, headers))
-            if chunked:
-                await _copy_chunked_request(reader, up_writer)
-            elif length:
-                await _copy_exactly(reader, up_writer, length)
-            await up_writer.drain()
-            return await self._relay_response(method, up_reader, writer) and keep_alive
-        finally:
-            up_writer.close()
+            reusable = await self._relay_response(method, response_head, rest, up.reader, writer)
+        except BaseException:
+            up.close()
+            raise
+        if reusable:
+            up.idle_since = time.monotonic()
+            kept.append(up)
+        else:
+            up.close()
+        return reusable and keep_alive
 
     async def _relay_response(
-        self, method: bytes, up_reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        method: bytes,
+        head: bytes,
+        rest: bytes,
+        up_reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
     ) -> bool:
+        """Write the response on as it arrives (``head`` and the bytes read after it, ``rest``, in one
+        write: the client gets the first token with the head); True if both sides may go on."""
         while True:
-            try:
-                head = await up_reader.readuntil(CRLF + CRLF)
-            except asyncio.IncompleteReadError:
-                return False  # the backend closed without answering: so does the gateway
             status_line, headers = parse_head(head)
             try:
                 status = int(status_line[9:12])
             except ValueError:
                 raise BadMessage("bad status line") from None
-            writer.write(head)
-            if 100 <= status < 200:
-                continue  # informational: the real answer follows
-            break
+            if not 100 <= status < 200:
+                break
+            writer.write(head)  # informational: the real answer follows
+            try:
+                head, rest = await read_head(up_reader, rest)
+            except asyncio.IncompleteReadError:
+                return False
         connection = tokens(headers, b"connection")
         keep_alive = b"close" not in connection and (
             not status_line.startswith(b"HTTP/1.0") or b"keep-alive" in connection
         )
         if method == b"HEAD" or status in (204, 304):
+            writer.write(head)
             await writer.drain()
             return keep_alive
         if b"chunked" in tokens(headers, b"transfer-encoding"):
             end = ChunkedEnd()
+            writer.write(head + rest)
+            await writer.drain()
+            if rest and end.feed(rest) >= 0:
+                return keep_alive
             while True:
                 data = await up_reader.read(READ_SIZE)
                 if not data:
@@ -256,14 +333,35 @@ class Gateway:
                     return keep_alive
         length = content_length(headers)
         if length is not None:
-            await _copy_exactly(up_reader, writer, length)
+            if len(rest) > length:
+                raise BadMessage("more bytes than Content-Length")
+            writer.write(head + rest)
+            await writer.drain()
+            await _copy_exactly(up_reader, writer, length - len(rest))
             return keep_alive
+        writer.write(head + rest)
         while True:  # delimited by the backend closing the connection
+            await writer.drain()
             data = await up_reader.read(READ_SIZE)
             if not data:
                 return False
             writer.write(data)
-            await writer.drain()
+
+
+async def read_head(reader: asyncio.StreamReader, buffered: bytes = b"") -> tuple[bytes, bytes]:
+    """A message head and the bytes that came with it (``read`` calls, not ``readuntil``: the body
+    bytes that arrived in the same packet go on with the head instead of in a second write)."""
+    buf = buffered
+    while True:
+        end = buf.find(CRLF + CRLF)
+        if end >= 0:
+            return buf[: end + 4], buf[end + 4 :]
+        if len(buf) > HEAD_LIMIT:
+            raise BadMessage("response head too large")
+        data = await reader.read(READ_SIZE)
+        if not data:
+            raise asyncio.IncompleteReadError(buf, None)
+        buf += data
 
 
 async def _copy_exactly(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:

@@ -34,6 +34,8 @@ class Backend:
     def __init__(self) -> None:
         self.seen: list[dict] = []  # per request: method, path, headers, body
         self.connections = 0
+        self.writers: list[asyncio.StreamWriter] = []
+        self.tasks: list[asyncio.Task] = []
         self.sent_at: list[float] = []
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
@@ -45,10 +47,20 @@ class Backend:
     async def stop(self) -> None:
         assert self.server is not None
         self.server.close()
+        for writer in self.writers:  # kept-alive connections too
+            writer.close()
+        await asyncio.wait_for(asyncio.gather(*self.tasks, return_exceptions=True), 5)
+        self.writers.clear()
+        self.tasks.clear()
         await self.server.wait_closed()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.writers.append(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.append(task)
+        drop_next = False
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -65,6 +77,9 @@ class Backend:
                 else:
                     body = await reader.readexactly(int(names.get("content-length", "0")))
                 self.seen.append({"method": method, "path": path, "headers": names, "body": body})
+                if drop_next:  # closes, as a backend does with an idle connection, without answering
+                    return
+                drop_next = path == "/drop-next"
                 if path.startswith("/stream"):
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n")
                     writer.write(b"Transfer-Encoding: chunked\r\n\r\n")
@@ -171,8 +186,31 @@ async def test_keep_alive_and_chunked_request_bodies(backend: Backend, door: str
         third = await http.get(door + "/last")
     assert first.json()["body"] == '{"a": 1}' and second.json()["path"] == "/again"
     assert streamed.text.count("\n") == 5 and third.json()["path"] == "/last"
-    # one client connection was kept alive; the backend got a fresh one per request (never a stale one)
-    assert len(ACCEPTED) == 1 and backend.connections == 4
+    # one client connection kept alive, and one backend connection behind it
+    assert len(ACCEPTED) == 1 and backend.connections == 1
+
+
+@pytest.mark.asyncio
+async def test_a_backend_connection_closed_under_a_request_is_retried_fresh(
+    backend: Backend, door: str
+) -> None:
+    async with httpx.AsyncClient(trust_env=False, headers=ok()) as http:
+        assert (await http.get(door + "/drop-next")).status_code == 200
+        r = await http.post(door + "/after", content=b'{"messages": []}')  # lands on the dropped one
+        assert r.status_code == 200 and r.json()["body"] == '{"messages": []}'
+    assert [seen["path"] for seen in backend.seen] == ["/drop-next", "/after", "/after"]
+    assert backend.connections == 2 and len(ACCEPTED) == 1
+
+
+@pytest.mark.asyncio
+async def test_idle_backend_connections_are_not_reused(
+    backend: Backend, door: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gateway, "UPSTREAM_IDLE", 0.0)  # older than the backend's keep-alive timeout
+    async with httpx.AsyncClient(trust_env=False, headers=ok()) as http:
+        for i in range(3):
+            assert (await http.get(door + f"/{i}")).status_code == 200
+    assert backend.connections == 3 and len(ACCEPTED) == 1
 
 
 @pytest.mark.asyncio
@@ -252,3 +290,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.asyncio
+async def test_a_silent_connection_is_closed(door: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gateway, "FIRST_REQUEST_TIMEOUT", 0.2)  # read when the connection arrives
+    host, port = door.rsplit("/", 1)[1].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    started = time.monotonic()
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the gateway, nothing sent
+    assert 0.15 < time.monotonic() - started < 2
+    writer.close()
