@@ -1,6 +1,6 @@
 """Per-job gateway benchmark (issue 14): what ``jupyter_llm_af/gateway.py`` adds in front of a backend.
 
-    .venv/bin/python benchmarks/gateway.py [--rounds 5] [--chunks 2000] [--n 60] [--streams 8] [--time-cap 120]
+    .venv/bin/python benchmarks/gateway.py [--rounds 5] [--chunks 2000] [--n 60] [--streams 8]
 
 Two streaming backends, each in its own process on loopback, each reached directly and through
 its own gateway process (``python gateway.py --listen … --upstream … --secret-file F``, the same
