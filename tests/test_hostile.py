@@ -108,6 +108,8 @@ def raw_exchange(url: str, head: bytes, body_parts: list[bytes] | tuple[bytes, .
 
 
 def parse_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
+    while data.startswith(b"HTTP/1.1 100 "):  # an interim answer to "Expect: 100-continue"
+        data = data.partition(b"\r\n\r\n")[2]
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])

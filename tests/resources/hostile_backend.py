@@ -1,8 +1,9 @@
 """A backend that misbehaves on purpose, one fault per switch, and records every request it gets.
 
 It speaks enough of both wire formats for the service to use it as an Ollama backend (pass-through:
-every other route answers a JSON echo of what arrived) or as an OpenAI-protocol backend (``/v1/models``,
-``/v1/chat/completions`` with SSE streaming, as llama-server answers them). Faults:
+every ``/api/*`` route answers a JSON echo of what arrived) or as an OpenAI-protocol backend
+(``/v1/models``, ``/v1/chat/completions`` and ``/v1/completions`` with SSE streaming, ``/v1/embeddings``,
+as llama-server answers them; other paths 404 as llama-server's do). Faults:
 
 * ``set_cookie``: every answer carries ``Set-Cookie: backend_session=<n>`` (a shared HTTP client that
   stores it would send it back on the next request, whoever makes it).
@@ -151,9 +152,13 @@ class HostileBackend:
             await self._send_json(writer, 200, {"object": "list", "data": [_openai_model()]})
         elif path.startswith("/v1/models/"):
             await self._send_json(writer, 200, _openai_model())
-        elif path == "/v1/chat/completions" and method == "POST" and isinstance(doc, dict):
-            return await self._chat_completion(writer, doc, echo)
-        elif not (path.startswith("/api/") or path in ("/v1/completions", "/v1/embeddings")):
+        elif (
+            path in ("/v1/chat/completions", "/v1/completions") and method == "POST" and isinstance(doc, dict)
+        ):
+            return await self._completion(writer, doc, echo, chat=path == "/v1/chat/completions")
+        elif path == "/v1/embeddings" and method == "POST" and isinstance(doc, dict):
+            await self._send_json(writer, 200, _embeddings(doc))
+        elif not path.startswith("/api/"):
             # what llama-server answers for a path it lacks (e.g. /v1/messages: translated instead)
             await self._send_json(
                 writer, 404, {"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}}
@@ -170,10 +175,12 @@ class HostileBackend:
             await self._send_json(writer, 200, answer)
         return True
 
-    async def _chat_completion(self, writer: asyncio.StreamWriter, doc: dict, echo: dict) -> bool:
-        messages = doc.get("messages")
-        if not isinstance(messages, list) or not messages:
-            missing = {"code": 400, "message": "'messages' is required", "type": "invalid_request_error"}
+    async def _completion(self, writer: asyncio.StreamWriter, doc: dict, echo: dict, chat: bool) -> bool:
+        """A chat completion (or a legacy text completion), whole or as SSE events."""
+        required = "messages" if chat else "prompt"
+        given = doc.get(required)
+        if not given or not isinstance(given, (list, str) if not chat else list):
+            missing = {"code": 400, "message": f"'{required}' is required", "type": "invalid_request_error"}
             await self._send_json(writer, 400, {"error": missing})
             return True
         if self.faults.bad_input_500 and _wrong_types(doc):
@@ -183,16 +190,18 @@ class HostileBackend:
         n = max(1, min(int(n) if isinstance(n, int) else 8, 64))
         words = [WORDS[i % len(WORDS)] + " " for i in range(n)]
         model = str(doc.get("model") or MODEL)
+        kind = "chat.completion" if chat else "text_completion"
         if doc.get("stream") is not True:
+            text = "".join(words)
             answer = {
                 "id": "chatcmpl-hostile",
-                "object": "chat.completion",
+                "object": kind,
                 "created": int(time.time()),
                 "model": model,
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": "".join(words)},
+                        **({"message": {"role": "assistant", "content": text}} if chat else {"text": text}),
                         "finish_reason": "length",
                     }
                 ],
@@ -208,22 +217,24 @@ class HostileBackend:
                 await writer.drain()
                 writer.transport.abort()  # the backend "dies": no end chunk, no [DONE]
                 return False
+            piece = {"delta": {"content": word}} if chat else {"text": word}
             chunk = {
                 "id": "chatcmpl-hostile",
-                "object": "chat.completion.chunk",
+                "object": kind + (".chunk" if chat else ""),
                 "created": int(time.time()),
                 "model": model,
-                "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}],
+                "choices": [{"index": 0, **piece, "finish_reason": None}],
             }
             _write_chunk(writer, f"data: {json.dumps(chunk)}\n\n".encode())
             await writer.drain()
             await asyncio.sleep(0.01)
+        last: dict[str, Any] = {"delta": {}} if chat else {"text": ""}
         end = {
             "id": "chatcmpl-hostile",
-            "object": "chat.completion.chunk",
+            "object": kind + (".chunk" if chat else ""),
             "created": int(time.time()),
             "model": model,
-            "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
+            "choices": [{"index": 0, **last, "finish_reason": "length"}],
         }
         _write_chunk(writer, f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode())
         writer.write(b"0\r\n\r\n")
@@ -291,6 +302,17 @@ def _wrong_types(doc: dict) -> bool:
     )
 
 
+def _embeddings(doc: dict) -> dict[str, Any]:
+    inputs = doc.get("input")
+    count = len(inputs) if isinstance(inputs, list) else 1
+    return {
+        "object": "list",
+        "model": str(doc.get("model") or MODEL),
+        "data": [{"object": "embedding", "index": i, "embedding": [0.5] * 8} for i in range(count)],
+        "usage": {"prompt_tokens": count, "total_tokens": count},
+    }
+
+
 def _write_chunk(writer: asyncio.StreamWriter, data: bytes) -> None:
     writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
 
@@ -298,7 +320,7 @@ def _write_chunk(writer: asyncio.StreamWriter, data: bytes) -> None:
 def _json(body: bytes) -> Any:
     try:
         return json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):  # the service may forward an admin's body unparsed
         return None
 
 
