@@ -38,6 +38,7 @@ import json  # noqa: E402
 import secrets  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 
 import aiohttp  # noqa: E402
@@ -139,7 +140,7 @@ async def bench_pair(
 
 
 def report(label: str, direct: list[Figures], gated: list[Figures]) -> list[tuple[str, bool]]:
-    def per_round(figs: list[Figures], fn) -> list[float]:  # type: ignore[no-untyped-def]
+    def per_round(figs: list[Figures], fn: Callable[[Figures], float]) -> list[float]:
         return [fn(f) for f in figs]
 
     def rate1(f: Figures) -> float:  # the chunk rate: messages while the stream flows
