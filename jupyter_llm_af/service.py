@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, embedded, modelfit
-from .admission import Admission
+from .admission import Admission, WorkerInfo
 from .backends.base import Backend, Endpoint
 from .backends.local import LocalProcessBackend
 from .backends.upstream import UpstreamBackend
@@ -67,16 +67,44 @@ class LLMCore:
             self.parallelism = 1024  # the shared service queues; no second queue here
         self.upstream = Upstream(cfg.connect_timeout, cfg.read_timeout, headers)
         self.translator = OpenAIToOllama(self.upstream, model_meta)
-        self.admission = Admission(
-            cfg.max_concurrent or self.parallelism, cfg.max_queue, cfg.max_queue_per_user
-        )
         self.catalogue = ModelCatalogue(cfg.model_notes)
+        # Slots per model (the backend's parallelism per loaded model) under an overall cap that
+        # lets every model that can be loaded at once run its slots: a short embedding need not
+        # wait behind another model's long generations.
+        loaded_at_once = self._models_loaded_at_once()
+        self.admission = Admission(
+            cfg.max_concurrent or self.parallelism * loaded_at_once,
+            cfg.max_queue,
+            cfg.max_queue_per_user,
+            size_of=self._model_size_gb,
+            workers=[
+                WorkerInfo(
+                    key="default",
+                    gpu_memory_gb=cfg.gpu_memory_gb,
+                    parallel_per_model=self.parallelism if loaded_at_once > 1 else 0,
+                )
+            ],
+        )
         # backend URL → {path: served natively?}, probed on first use (pipeline._serves)
         self.capabilities: dict[str, dict[str, bool]] = {}
         self.telemetry = Telemetry.from_config(cfg, version=__version__)
         self.pipeline = Pipeline(self)
 
     # -- construction ---------------------------------------------------------------------
+    def _models_loaded_at_once(self) -> int:
+        """How many models the backend keeps loaded together (1: unknown, one global queue)."""
+        cfg = self.cfg
+        if self.relay or cfg.backend == "upstream":
+            return 1
+        if cfg.backend == "local" and self.protocol == "openai":
+            return max(1, cfg.embedded_max_loaded)
+        env = {**cfg.local_env, **(cfg.slurm_backend_env or {})}
+        value = str(env.get("OLLAMA_MAX_LOADED_MODELS", "3"))
+        return int(value) if value.isdigit() and int(value) > 0 else 3
+
+    def _model_size_gb(self, model: str) -> float | None:
+        return modelfit.model_size_gb(model, self.cfg.model_sizes_gb, self.catalogue.sizes_bytes.get(model))
+
     def _build_backend(self, model_meta: dict) -> Backend:
         cfg = self.cfg
         if cfg.backend in ("upstream", "relay"):
