@@ -112,6 +112,18 @@ class BackendRejected(ServiceError):
     """The backend answered with an error (its status, mapped: its 5xx for bad input is a 400)."""
 
 
+# Words in a backend's 5xx error that say the *input* was wrong (llama.cpp answers a JSON type
+# error with 500): such an answer is the client's 400, anything else the backend's failure (502).
+_INPUT_WORDS = ("invalid", "unsupported", "must be", "expected", "parse", "missing", "required", "unknown")
+
+
+def backend_failure_status(status: int, message: str) -> int:
+    """The status to answer for a backend's error ``status`` with ``message``."""
+    if status < 500:
+        return status
+    return 400 if any(w in message.lower() for w in _INPUT_WORDS) else 502
+
+
 # -- rendering -----------------------------------------------------------------------------
 _OPENAI_TYPES = {
     400: ("invalid_request_error", None),

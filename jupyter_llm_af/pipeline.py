@@ -34,6 +34,7 @@ from .errors import (
     NotSupported,
     ServiceError,
     UpstreamError,
+    backend_failure_status,
     error_body,
     stream_error_chunk,
 )
@@ -437,7 +438,7 @@ class Pipeline:
             raise await _backend_error(resp, req.route.api)
         if req.route.cached and req.method == "GET":
             data = await _read_all(resp)
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError, RecursionError):
                 doc = json.loads(data)
                 core.catalogue.remember(req.service_path, doc)
                 if core.catalogue.notes and req.route.path == "/api/tags":
@@ -604,22 +605,17 @@ async def _read_all(resp: aiohttp.ClientResponse) -> bytes:
         raise UpstreamError(f"backend connection lost: {type(e).__name__}") from e
 
 
-_INPUT_WORDS = ("invalid", "unsupported", "must be", "expected", "parse", "missing", "required", "unknown")
-
-
 async def _backend_error(resp: aiohttp.ClientResponse, api: Api) -> ServiceError:
     """A backend's error answer, re-said in the API's format; its 5xx for bad input is a 400."""
     data = await _read_all(resp)
     try:
         doc: Any = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         doc = {"error": data.decode(errors="replace")[:500]}
     message = _error_text(doc) or f"the backend answered {resp.status}"
-    status = resp.status
-    if status >= 500:
-        status = 400 if any(w in message.lower() for w in _INPUT_WORDS) else 502
-        if status == 502:
-            message = f"the backend failed: {message}"
+    status = backend_failure_status(resp.status, message)
+    if status == 502:
+        message = f"the backend failed: {message}"
     err = BackendRejected(message, status)
     if status == 404 and "model" in message.lower():
         err.code, err.param = "model_not_found", "model"

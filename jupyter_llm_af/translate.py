@@ -35,7 +35,7 @@ import httpx
 from .apis import reasoning_text, tool_input
 from .catalogue import ModelMeta
 from .errors import ServiceError as OllamaError
-from .errors import UpstreamError
+from .errors import UpstreamError, backend_failure_status
 from .forwarding import Upstream
 
 # The Ollama API level this translation follows (think levels, logprobs, /v1/messages and
@@ -952,7 +952,7 @@ def _json_or_error(resp: httpx.Response) -> dict[str, Any]:
         message = _error_text(doc)
         if "not found" in message and "model" in message:
             raise OllamaError(message, 404)
-        raise OllamaError(message, resp.status_code if resp.status_code < 500 else 500)
+        raise OllamaError(message, backend_failure_status(resp.status_code, message))
     return doc if isinstance(doc, dict) else {}
 
 

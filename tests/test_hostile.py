@@ -418,10 +418,6 @@ def test_backend_500_for_bad_input_is_a_400(translated):
     assert {"role": "user", "content": 5} in sent  # so the backend did answer those with 500
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="translate._json_or_error keeps a backend's 5xx as 500; needs the diff in the issue-14 report",
-)
 def test_backend_500_for_bad_input_is_a_400_when_translated(translated):
     u = translated["openai"].url
     tools = [{"type": "function", "function": 3}]  # passed on by the translation; the backend 500s
