@@ -859,14 +859,6 @@ class Admission:
             heads = [mq[0] for models in self._per_user.values() if (mq := models.get(key))]
         return max((now - w.ticket.enqueued_at for w in heads), default=0.0)
 
-    def waiting_for(self, user: str) -> int:
-        q = self._queues.get(user)
-        return len(q) if q is not None else 0
-
-    def running_for(self, user: str) -> int:
-        return sum(1 for t in self._running.values() if t.user == user)
-
-    @property
     def waiting(self) -> int:
         return len(self._waiters)
 

@@ -8,7 +8,7 @@ shows them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 # A loaded model needs more than its weights file: the KV cache for its context, the CUDA context
@@ -45,20 +45,6 @@ def model_size_gb(
     if reported_bytes:
         return round(float(reported_bytes) / 1e9 * LOAD_OVERHEAD, 2)
     return None
-
-
-def sizes_from_tags(tags: Mapping[str, Any], sizes_table: Mapping[str, float]) -> dict[str, float | None]:
-    """``{name: size_gb}`` for every model in an Ollama ``/api/tags`` answer."""
-    out: dict[str, float | None] = {}
-    models: Iterable[Any] = tags.get("models") or []
-    for m in models:
-        if not isinstance(m, Mapping):
-            continue
-        name = m.get("name") or m.get("model")
-        if isinstance(name, str) and name:
-            size = m.get("size")
-            out[name] = model_size_gb(name, sizes_table, size if isinstance(size, (int, float)) else None)
-    return out
 
 
 def check_fits(model: str, size_gb: float | None, gpu_memory_gb: float) -> str | None:

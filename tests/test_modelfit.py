@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_llm_af.modelfit import LOAD_OVERHEAD, check_fits, fits_together, model_size_gb, sizes_from_tags
+from jupyter_llm_af.modelfit import LOAD_OVERHEAD, check_fits, fits_together, model_size_gb
 
 
 def test_size_from_table_wins_over_reported():
@@ -26,20 +26,6 @@ def test_size_from_reported_bytes_with_overhead():
 def test_size_unknown():
     assert model_size_gb("x", {}) is None
     assert model_size_gb("x", {}, reported_bytes=0) is None
-
-
-def test_sizes_from_tags():
-    tags = {
-        "models": [
-            {"name": "a:1b", "size": 1_000_000_000},
-            {"model": "b:2b", "size": 2_000_000_000},
-            {"name": "c:3b"},
-            "garbage",
-        ]
-    }
-    sizes = sizes_from_tags(tags, {"c:3b": 3.3})
-    assert sizes == {"a:1b": pytest.approx(1.1), "b:2b": pytest.approx(2.2), "c:3b": 3.3}
-    assert sizes_from_tags({}, {}) == {}
 
 
 def test_check_fits_message_names_both_sizes():
