@@ -859,6 +859,7 @@ class Admission:
             heads = [mq[0] for models in self._per_user.values() if (mq := models.get(key))]
         return max((now - w.ticket.enqueued_at for w in heads), default=0.0)
 
+    @property
     def waiting(self) -> int:
         return len(self._waiters)
 
