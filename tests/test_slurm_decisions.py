@@ -444,3 +444,18 @@ async def test_without_the_gateway_no_secret_is_made_or_sent(make, fake: FakeSlu
     await backend.start()
     endpoint = await backend.ready_endpoint(soon())
     assert endpoint.headers == {} and list(backend.state_dir.glob("secret-*")) == []
+
+
+@pytest.mark.asyncio
+async def test_unwritable_state_dir_fails_requests_at_once_with_the_reason(
+    make, fake: FakeSlurm, tmp_path: Path
+) -> None:
+    (tmp_path / "not-a-dir").write_text("")  # even root cannot create a directory under a file
+    backend = make(state_dir=tmp_path / "not-a-dir" / "state")
+    await backend.start()
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable) as exc:
+        await backend.ready_endpoint(soon())
+    assert time.monotonic() - started < 1
+    assert "cannot be written" in exc.value.message and "slurm_state_dir" in exc.value.message
+    assert backend.state is BackendState.FAILED and fake.calls["submit"] == 0

@@ -122,7 +122,11 @@ class SlurmBackend(Backend):
 
     # -- Backend hooks -----------------------------------------------------------------------------
     async def start(self) -> None:
-        self.files.create()
+        try:
+            self.files.create()
+        except OSError as e:  # say so on the first request; adoption still works
+            self._last_error = msg.state_dir_unwritable(str(self.state_dir), e)
+            log.error("Slurm: %s", self._last_error)
         self._http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
         # adopt a job left by an earlier run before any request can ask for a new one
         async with self._lock:
@@ -498,13 +502,19 @@ class SlurmBackend(Backend):
 
     async def _remove_endpoint_file(self, job: SlurmJob) -> None:
         """The endpoint only (a requeued job publishes a new one and keeps its secret)."""
-        await asyncio.to_thread(self.files.remove_endpoint, job.id)
+        try:
+            await asyncio.to_thread(self.files.remove_endpoint, job.id)
+        except OSError as e:  # an unwritable state dir must not stop the loop
+            log.warning("Slurm: cannot remove the endpoint file of job %s: %s", job.id, e)
 
     async def _forget_files(self, job: SlurmJob) -> None:
         """A job that ended or was cancelled: its endpoint and its secret go."""
-        await asyncio.to_thread(self.files.remove_endpoint, job.id)
         names = [job.id] + ([job.secret_nonce] if job.secret_nonce else [])
-        await asyncio.to_thread(self.files.remove_secret, *names)
+        try:
+            await asyncio.to_thread(self.files.remove_endpoint, job.id)
+            await asyncio.to_thread(self.files.remove_secret, *names)
+        except OSError as e:
+            log.warning("Slurm: cannot remove the files of job %s: %s", job.id, e)
 
     async def _job_ended(self, job: SlurmJob) -> None:
         was_ready = job.ready or "ready" in job.events
@@ -619,8 +629,19 @@ class SlurmBackend(Backend):
 
     async def _submit(self, *, successor: bool) -> None:
         nonce = secret = None
-        if self.settings.gateway:
-            nonce, secret = await asyncio.to_thread(self.files.new_secret)
+        try:  # the job writes its endpoint and output there: no point submitting otherwise
+            await asyncio.to_thread(self.files.check_writable)
+            if self.settings.gateway:
+                nonce, secret = await asyncio.to_thread(self.files.new_secret)
+        except OSError as e:
+            why = msg.state_dir_unwritable(str(self.state_dir), e)
+            if successor:
+                self._last_error = f"Successor: {why}"
+                self._renew_not_before = time.monotonic() + self.settings.submit_backoff
+                log.warning("Slurm: %s", self._last_error)
+            else:
+                self._set_failed(why, fail_waiters=True)
+            return
         script = render_script(self.settings, str(self.files.secret_path(nonce)) if nonce else "")
         self._submitting = True
         self._notify()

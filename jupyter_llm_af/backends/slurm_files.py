@@ -43,6 +43,13 @@ class StateDir:
     def create(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
 
+    def check_writable(self) -> None:
+        """Raise OSError unless a file can be created here now (permission bits do not stop root)."""
+        self.create()
+        probe = self.path / f".write-check-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+
     def endpoint_path(self, job_id: str) -> Path:
         return self.path / f"endpoint-{job_id}.json"
 

@@ -133,5 +133,11 @@ def successor_rejected(detail: str) -> str:
     return f"Successor job rejected by Slurm: {detail}"
 
 
+def state_dir_unwritable(path: str, error: OSError) -> str:
+    reason = error.strerror or str(error)
+    fix = "set LLMService.slurm_state_dir to a directory the service can write"
+    return f"the state dir {path} cannot be written ({reason}): {fix}"
+
+
 def sbatch_unreachable(detail: str) -> str:
     return f"sbatch could not reach Slurm: {detail}"
