@@ -78,6 +78,7 @@ class Upstream:
         extra_headers: Mapping[str, str] | None = None,
     ):
         self.extra_headers = dict(extra_headers or {})
+        self.endpoint_headers: dict[str, dict[str, str]] = {}
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self._session: aiohttp.ClientSession | None = None
@@ -151,7 +152,17 @@ class Upstream:
         """URL and headers of a backend request: allow-listed headers, the backend's own Host."""
         headers = request_headers(incoming_headers or {}, self.extra_headers)
         headers["Host"] = backend_host_header(base_url)
+        own = self.endpoint_headers.get(base_url)
+        if own:  # e.g. a Slurm job's gateway secret, for every request to that job
+            headers.update(own)
         return base_url.rstrip("/") + path, headers
+
+    def remember_endpoint(self, url: str, headers: Mapping[str, str]) -> None:
+        """Headers every request to ``url`` must carry (translation and state calls included)."""
+        if headers:
+            if len(self.endpoint_headers) > 64:  # ended jobs: forget the oldest
+                self.endpoint_headers.pop(next(iter(self.endpoint_headers)))
+            self.endpoint_headers[url] = dict(headers)
 
     def build_request(
         self,

@@ -374,6 +374,7 @@ class Pipeline:
             attempt_stack = contextlib.AsyncExitStack()
             try:
                 endpoint = await attempt_stack.enter_async_context(core.backend.lease(deadline, activity))
+                core.upstream.remember_endpoint(endpoint.url, endpoint_headers(endpoint))
                 if req.trace is not None:
                     req.trace.admitted(endpoint.key if core.backend.kind == "slurm" else None)
                 reply = await self._send(req, body, endpoint, attempt_stack)

@@ -249,6 +249,10 @@ class LLMCore:
             healthy = await check()
         doc = backend.describe(admin=admin)
         ready_url = backend.serving_url()  # never starts a backend just to list models
+        serving = getattr(backend, "_serving_endpoint", None)
+        endpoint = serving() if serving is not None else None
+        if endpoint is not None:  # its gateway secret, also before any request went to it
+            self.upstream.remember_endpoint(endpoint.url, getattr(endpoint, "headers", None) or {})
         if ready_url:
             await self.refresh_models(ready_url)
         doc.update(
