@@ -23,6 +23,7 @@ from .catalogue import ModelCatalogue
 from .errors import BackendUnavailable, UpstreamError
 from .forwarding import Upstream
 from .pipeline import Pipeline
+from .state import LauncherState, StateDoc
 from .telemetry import Telemetry
 from .translate import OpenAIToOllama
 
@@ -241,13 +242,13 @@ class LLMCore:
         except ValueError:
             return 502, {"error": f"the shared service answered {resp.status_code} to {path}"}
 
-    async def state(self, user: str, admin: bool) -> dict[str, Any]:
+    async def state(self, user: str, admin: bool) -> StateDoc:
         backend = self.backend
         healthy: bool | None = None
         check = getattr(backend, "check_health", None)
         if check is not None:
             healthy = await check()
-        doc = backend.describe(admin=admin)
+        doc: StateDoc = {**backend.describe(admin=admin)}
         ready_url = backend.serving_url()  # never starts a backend just to list models
         serving = getattr(backend, "_serving_endpoint", None)
         endpoint = serving() if serving is not None else None
@@ -256,18 +257,18 @@ class LLMCore:
         if ready_url:
             await self.refresh_models(ready_url)
         doc.update(
-            {
-                "serving": ready_url is not None,
-                "protocol": self.protocol,
-                "healthy": healthy if healthy is not None else doc.get("state") in ("ready", "renewing"),
-                "models": list(self.catalogue.names),
-                "model_notes": {n: t for n, t in self.catalogue.notes.items() if n in self.catalogue.names},
-                "default_model": self.default_model(),
-                "queue": self.admission.totals(),
-                "gpu": self.gpu_summary(),
-                "user": {"name": user, "admin": admin},
-                "version": __version__,
-            }
+            StateDoc(
+                serving=ready_url is not None,
+                protocol=self.protocol,
+                healthy=healthy if healthy is not None else ready_url is not None,
+                models=list(self.catalogue.names),
+                model_notes={n: t for n, t in self.catalogue.notes.items() if n in self.catalogue.names},
+                default_model=self.default_model(),
+                queue=self.admission.totals(),  # type: ignore[typeddict-item]
+                gpu=self.gpu_summary(),
+                user={"name": user, "admin": admin},
+                version=__version__,
+            )
         )
         doc.setdefault("message", doc.get("state", ""))
         return doc
@@ -283,7 +284,7 @@ class UnconfiguredBackend(Backend):
     async def ready_endpoint(self, deadline: float) -> Endpoint:
         raise BackendUnavailable(f"the LLM service is not configured: {self.reason}", 503, 60)
 
-    def describe(self, admin: bool = False) -> dict[str, Any]:
+    def describe(self, admin: bool = False) -> LauncherState:
         return {
             "kind": self.kind,
             "state": "failed",

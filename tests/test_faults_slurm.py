@@ -34,9 +34,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.llama]
 
 MODEL = "smollm2:135m"
 QUESTION = [{"role": "user", "content": "Tell me about the river Seine in three sentences."}]
-# The gateway stays off here until the request pipeline sends Endpoint.headers on its own backend
-# requests too (the /v1/models check, translated /api/* calls); the gateway has its own tests.
-GATEWAY = "False"
+GATEWAY = "True"  # as sites run it: every backend request goes through the job's gateway
 
 
 @dataclass

@@ -60,9 +60,7 @@ def h(token: str) -> dict[str, str]:
 
 
 def test_on_demand_job_through_the_service(tmp_path, job_name):
-    # Without the gateway: the service's model listing for /backend/state (LLMCore.refresh_models on
-    # serving_url()) does not send the endpoint's headers yet; the gateway is tested below.
-    svc = slurm_service(tmp_path, job_name, slurm_gateway="False")
+    svc = slurm_service(tmp_path, job_name)  # the gateway on, as sites run it
     try:
         st = httpx.get(svc.url + "/backend/state", headers=h(USER), timeout=30).json()
         assert st["kind"] == "slurm" and st["state"] == "idle" and st["job"] is None
@@ -177,7 +175,6 @@ def test_llama_server_job_through_the_service(tmp_path, job_name):
         job_name,
         backend_protocol="'openai'",
         slurm_backend_command=repr(sh.llama_server_command()),
-        slurm_gateway="False",
     )
     try:
         oai = openai.OpenAI(base_url=svc.url + "/v1", api_key=USER, timeout=120)

@@ -17,9 +17,9 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..errors import Conflict
+from ..state import LauncherState
 
 
 class ControlNotSupported(Conflict):
@@ -67,7 +67,7 @@ class Backend:
         """
         raise NotImplementedError
 
-    def describe(self, admin: bool = False) -> dict[str, Any]:
+    def describe(self, admin: bool = False) -> LauncherState:
         """JSON-able state for ``GET /backend/state`` (the ``backend_url`` only for admins)."""
         return {"kind": self.kind, "state": "ready"}
 
@@ -75,7 +75,7 @@ class Backend:
         """A sentence saying what a waiting request is waiting for (used in timeouts)."""
         return "the backend is not ready"
 
-    async def control(self, action: str) -> dict[str, Any]:
+    async def control(self, action: str) -> LauncherState:
         """Admin actions ``start``/``stop``. Default: not supported."""
         raise ControlNotSupported(f"the {self.kind} backend has no '{action}' action")
 

@@ -24,11 +24,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import httpx
 
 from ..errors import BackendUnavailable
+from ..state import LauncherState
 from .base import Backend, Endpoint
 
 
@@ -270,7 +270,7 @@ class LocalProcessBackend(Backend):
         self._remove_owned_files()
         self.state = "idle"
 
-    async def control(self, action: str) -> dict[str, Any]:
+    async def control(self, action: str) -> LauncherState:
         if action == "stop":
             await self.shutdown()
         elif action == "start":
@@ -279,7 +279,7 @@ class LocalProcessBackend(Backend):
             return await super().control(action)
         return self.describe(admin=True)
 
-    def describe(self, admin: bool = False) -> dict[str, Any]:
+    def describe(self, admin: bool = False) -> LauncherState:
         if self.state == "ready" and not self._alive():
             self._fail(f"exited with code {self.proc.returncode if self.proc else '?'}: {self._log_tail()}")
         messages = {
@@ -288,7 +288,7 @@ class LocalProcessBackend(Backend):
             "ready": f"Ready (local {self.label})",
             "failed": f"The local backend failed: {self.last_error}",
         }
-        out: dict[str, Any] = {
+        out: LauncherState = {
             "kind": self.kind,
             "state": self.state,
             "message": messages.get(self.state, self.state),

@@ -200,7 +200,7 @@ class SlurmBackend(Backend):
             self._waiters -= 1
 
     # base.Backend.describe still says dict[str, Any]; LauncherState is the contract (state.py)
-    def describe(self, admin: bool = False) -> LauncherState:  # type: ignore[override]
+    def describe(self, admin: bool = False) -> LauncherState:
         current = self._current
         reachable = self._slurm_ok is not False
         result: LauncherState = {
@@ -232,21 +232,21 @@ class SlurmBackend(Backend):
             slurm_error=self._slurm_error,
         )
 
-    async def control(self, action: str) -> dict[str, Any]:
+    async def control(self, action: str) -> LauncherState:
         if action == "start":
             self.note_activity()  # the idle clock starts now
             if self._failed:
                 self._retry_not_before = 0.0  # an admin asks explicitly: no backoff
             self._start_requested = True
             self._wake.set()
-            return dict(self.describe(admin=True))
+            return self.describe(admin=True)
         if action == "stop":
             async with self._lock:
                 await self._release("stopped by an administrator")
                 self._start_requested = False
                 self._stop_seq += 1
                 self._notify()
-            return dict(self.describe(admin=True))
+            return self.describe(admin=True)
         raise ControlNotSupported(f"the slurm backend has no '{action}' action")
 
     def endpoint_failed(self, endpoint: Endpoint) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import httpx
 
+from ..state import LauncherState
 from .base import Backend, Endpoint
 
 
@@ -45,9 +45,9 @@ class UpstreamBackend(Backend):
         self._checked_at = time.monotonic()
         return self._healthy
 
-    def describe(self, admin: bool = False) -> dict[str, Any]:
+    def describe(self, admin: bool = False) -> LauncherState:
         healthy = self._healthy
-        out: dict[str, Any] = {
+        out: LauncherState = {
             "kind": self.kind,
             "state": "ready" if healthy is not False else "failed",
             "message": "Ready (site backend)"
