@@ -83,7 +83,9 @@ async def cold_start(root: Path) -> dict[str, float]:
     state_dir = root / job_name
     # the product's poll settings (fast polls after submit), not the tests' shortened ones
     # the benchmark talks to the job directly (the gateway's cost is benchmarks/gateway.py's subject)
-    backend = SlurmBackend(**sh.backend_settings(state_dir, job_name, max_pending_poll=5.0, steady_poll=5.0, gateway=False))
+    backend = SlurmBackend(
+        **sh.backend_settings(state_dir, job_name, max_pending_poll=5.0, steady_poll=5.0, gateway=False)
+    )
     await backend.start()
     stop = asyncio.Event()
     probe = asyncio.create_task(_side_probe(state_dir, stop))
