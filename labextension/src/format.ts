@@ -5,7 +5,18 @@
  * No DOM and no JupyterLab imports here, so that `jlpm test` runs them in plain Node.
  */
 
-import type { BackendKind, IGpuFit, IJob, IModelTag, IQueueEntry, IQueueTotals, IRunningModel } from './tokens';
+import type {
+  BackendKind,
+  IGpuFit,
+  IJob,
+  IModelTag,
+  IQueueEntry,
+  IQueueHistory,
+  IQueueTotals,
+  IRunningModel,
+  IUsageDay,
+  IUsageTotals
+} from './tokens';
 
 const UNITS = ['B', 'kB', 'MB', 'GB', 'TB', 'PB'];
 
@@ -316,4 +327,137 @@ export function snippet(kind: SnippetKind, model: string): string {
         'print(reply.message.content)'
       ].join('\n');
   }
+}
+
+/** A count for a small space: 950 → "950", 1234 → "1.2k", 56_700 → "57k", 3_400_000 → "3.4M". */
+export function formatCount(n: number): string {
+  if (!Number.isFinite(n) || n < 0) {
+    return '?';
+  }
+  for (const [size, suffix] of [
+    [1e9, 'G'],
+    [1e6, 'M'],
+    [1e3, 'k']
+  ] as [number, string][]) {
+    if (n >= size) {
+      const value = n / size;
+      return Math.round(value * 10) / 10 < 10 ? `${value.toFixed(1)}${suffix}` : `${Math.round(value)}${suffix}`;
+    }
+  }
+  return String(Math.round(n));
+}
+
+/** Prompt plus completion tokens. */
+export const totalTokens = (t: IUsageTotals): number => (t.prompt_tokens || 0) + (t.completion_tokens || 0);
+
+/** The top of a chart's scale: 1, 2 or 5 times a power of ten, at or above `value` (0 for no data). */
+export function niceCeil(value: number): number {
+  if (!Number.isFinite(value) || value <= 0) {
+    return 0;
+  }
+  const power = 10 ** Math.floor(Math.log10(value));
+  const f = value / power;
+  // f * power can miss an exact 1, 2 or 5 by rounding: compare with a little slack
+  const step = f <= 1 + 1e-9 ? 1 : f <= 2 + 1e-9 ? 2 : f <= 5 + 1e-9 ? 5 : 10;
+  return Math.max(1, step * power);
+}
+
+/** A service day (YYYY-MM-DD) as a local calendar date; null when it is not one. */
+function parseDay(iso: string): Date | null {
+  const m = /^(\d{4})-(\d{2})-(\d{2})$/.exec(iso);
+  return m ? new Date(Number(m[1]), Number(m[2]) - 1, Number(m[3])) : null;
+}
+
+/** The label under a day's bar: its weekday ("Tue"), or the text as it came when it is no date. */
+export function dayLabel(iso: string): string {
+  const day = parseDay(iso);
+  return day ? WEEKDAYS[day.getDay()] : iso;
+}
+
+/** "3 requests, 1.2k tokens (1.0k prompt + 234 completion)"; with failures: "3 requests, 1 failed, …". */
+export function usageText(t: IUsageTotals): string {
+  const requests = `${t.requests} ${t.requests === 1 ? 'request' : 'requests'}`;
+  const failed = t.errors > 0 ? `, ${t.errors} failed` : '';
+  const tokens = totalTokens(t);
+  const split =
+    tokens > 0 ? ` (${formatCount(t.prompt_tokens)} prompt + ${formatCount(t.completion_tokens)} completion)` : '';
+  return `${requests}${failed}, ${formatCount(tokens)} tokens${split}`;
+}
+
+/** One bar of the usage chart, in the chart's own units (y grows downwards, as in SVG). */
+export interface IUsageBar {
+  date: string;
+  label: string;
+  x: number;
+  width: number;
+  /** Heights of the two stacked parts; the prompt part sits on the baseline. */
+  promptHeight: number;
+  completionHeight: number;
+  /** The tooltip: "Tue 2025-11-25: 3 requests, 1.2k tokens (…)". */
+  title: string;
+}
+
+/**
+ * Bars of tokens per day in a `width` × `height` area: heights scale to `max` (see {@link niceCeil}),
+ * a day with any tokens gets at least one unit so it shows; days without tokens have no height.
+ */
+export function usageBars(days: IUsageDay[], width: number, height: number): { bars: IUsageBar[]; max: number } {
+  const max = niceCeil(Math.max(0, ...days.map(totalTokens)));
+  const slot = days.length > 0 ? width / days.length : 0;
+  const gap = Math.min(4, slot / 4);
+  const bars = days.map((day, i) => {
+    const total = totalTokens(day);
+    const full = max > 0 && total > 0 ? Math.max(1, (total / max) * height) : 0;
+    const promptHeight = total > 0 ? (full * (day.prompt_tokens || 0)) / total : 0;
+    return {
+      date: day.date,
+      label: dayLabel(day.date),
+      x: i * slot + gap / 2,
+      width: Math.max(0, slot - gap),
+      promptHeight,
+      completionHeight: full - promptHeight,
+      title: `${dayLabel(day.date)} ${day.date}: ${usageText(day)}`
+    };
+  });
+  return { bars, max };
+}
+
+/**
+ * An SVG polyline's `points` for `values` across `width`, 0 at the bottom of `height` and `max`
+ * at the top; one value draws a flat line, none an empty string.
+ */
+export function sparkPoints(values: number[], width: number, height: number, max: number): string {
+  if (values.length === 0) {
+    return '';
+  }
+  const scale = max > 0 ? height / max : 0;
+  const y = (v: number): number => Math.round((height - Math.min(Math.max(v, 0), max) * scale) * 100) / 100;
+  if (values.length === 1) {
+    return `0,${y(values[0])} ${width},${y(values[0])}`;
+  }
+  const step = width / (values.length - 1);
+  return values.map((v, i) => `${Math.round(i * step * 100) / 100},${y(v)}`).join(' ');
+}
+
+/** The queue history's scale (at least 1), its clock labels at both ends, and one line on its peaks. */
+export function queueHistoryFacts(history: IQueueHistory): {
+  max: number;
+  from: string;
+  to: string;
+  text: string;
+} {
+  const peakWaiting = Math.max(0, ...history.waiting);
+  const peakRunning = Math.max(0, ...history.running);
+  const slots = Math.max(history.waiting.length, history.running.length);
+  const end = new Date((history.start + history.step_s * slots) * 1000);
+  const text =
+    peakWaiting === 0 && peakRunning === 0
+      ? 'No requests in the last hour.'
+      : `Peak ${peakRunning} running, ${peakWaiting} waiting`;
+  return {
+    max: Math.max(1, peakWaiting, peakRunning),
+    from: formatClock(new Date(history.start * 1000), end),
+    to: formatClock(end, end),
+    text
+  };
 }

@@ -2,13 +2,17 @@ import { VDomModel } from '@jupyterlab/ui-components';
 import { Poll } from '@lumino/polling';
 
 import { RequestError, requestAPI } from './request';
-import type { IBackendState, IModelTag, IQueue, IRunningModel } from './tokens';
+import type { IBackendState, IModelTag, IQueue, IRunningModel, IUsage } from './tokens';
 
 /** Poll every 3 s; back off on errors up to once a minute. */
 export const POLL_INTERVAL_MS = 3_000;
 export const POLL_MAX_MS = 60_000;
 /** The model list changes rarely: ask the backend for it at most this often (and when it comes up). */
 export const TAGS_MAX_AGE_MS = 60_000;
+/** Usage figures and the queue history move slowly: ask at most this often (and on an explicit refresh). */
+export const USAGE_MAX_AGE_MS = 30_000;
+/** The days of the usage chart. */
+export const USAGE_DAYS = 7;
 
 /** A control action of admins. */
 export type ControlAction = 'start' | 'stop';
@@ -54,9 +58,15 @@ export class LLMModel extends VDomModel {
     return this._queue;
   }
 
+  /** My usage of the last {@link USAGE_DAYS} days and the queue history (`usage`); the last answer is kept. */
+  get usage(): IUsage | null {
+    return this._usage;
+  }
+
   /** What went wrong in the last refresh, one sentence per failed request. */
   get errors(): string[] {
-    return this._actionError ? [...this._errors, this._actionError] : this._errors;
+    const errors = this._usageError ? [...this._errors, this._usageError] : this._errors;
+    return this._actionError ? [...errors, this._actionError] : errors;
   }
 
   /** Whether an admin action is in flight. */
@@ -92,6 +102,7 @@ export class LLMModel extends VDomModel {
 
   /** Refresh now (outside the regular schedule). */
   async refresh(): Promise<void> {
+    this._usageAsked = 0; // an explicit refresh (or showing the panel) reads the usage too
     await this._poll.refresh();
     await this._poll.tick;
   }
@@ -134,10 +145,16 @@ export class LLMModel extends VDomModel {
     const up = this.serving;
     const wantTags = up && (!this._tagsFetched || Date.now() - this._tagsFetched > TAGS_MAX_AGE_MS || !this._wasUp);
     this._wasUp = up;
-    const [tags, ps, queue] = await Promise.allSettled([
+    // not retried on every tick after a failure either: the error stays shown until an answer comes
+    const wantUsage = !this._usageAsked || Date.now() - this._usageAsked >= USAGE_MAX_AGE_MS;
+    if (wantUsage) {
+      this._usageAsked = Date.now();
+    }
+    const [tags, ps, queue, usage] = await Promise.allSettled([
       wantTags ? requestAPI<{ models: IModelTag[] }>('api/tags') : Promise.resolve(null),
       up ? requestAPI<{ models: IRunningModel[] }>('api/ps') : Promise.resolve({ models: [] }),
-      requestAPI<IQueue>('queue')
+      requestAPI<IQueue>('queue'),
+      wantUsage ? requestAPI<IUsage>(`usage?days=${USAGE_DAYS}`) : Promise.resolve(null)
     ]);
     if (tags.status === 'fulfilled') {
       if (tags.value) {
@@ -158,6 +175,14 @@ export class LLMModel extends VDomModel {
     } else {
       errors.push(`Queue: ${messageOf(queue.reason)}`);
     }
+    if (usage.status === 'fulfilled') {
+      if (usage.value) {
+        this._usage = usage.value;
+        this._usageError = null;
+      }
+    } else {
+      this._usageError = `Usage: ${messageOf(usage.reason)}`;
+    }
     this._errors = errors;
     this._loaded = true;
     this.stateChanged.emit();
@@ -173,6 +198,9 @@ export class LLMModel extends VDomModel {
   private _wasUp = false;
   private _running: IRunningModel[] = [];
   private _queue: IQueue | null = null;
+  private _usage: IUsage | null = null;
+  private _usageAsked = 0;
+  private _usageError: string | null = null;
   private _errors: string[] = [];
   private _actionError: string | null = null;
 }

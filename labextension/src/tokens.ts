@@ -149,3 +149,54 @@ export interface IQueue {
   totals: IQueueTotals;
   all?: IQueueEntry[];
 }
+
+/** Usage figures of a period or of one day (`usage.Totals.as_dict`; seconds rounded to ms). */
+export interface IUsageTotals {
+  requests: number;
+  errors: number;
+  prompt_tokens: number;
+  completion_tokens: number;
+  queue_wait_s: number;
+  backend_s: number;
+}
+
+/** One calendar day of the service (`date`: YYYY-MM-DD, the service's local day). */
+export interface IUsageDay extends IUsageTotals {
+  date: string;
+}
+
+/** `usage.UsageBook.summary`: one user's (or, `user` null, everyone's) usage from `since` to `until`. */
+export interface IUsageSummary {
+  user: string | null;
+  since: string;
+  until: string;
+  totals: IUsageTotals;
+  /** One entry per day, oldest first, days without requests included. */
+  days: IUsageDay[];
+  models: Record<string, IUsageTotals>;
+  /** Only in everyone's summary: per user. */
+  users?: Record<string, IUsageTotals>;
+}
+
+/**
+ * `usage.QueueHistory.history`: the queue depth over the last hour, one slot per `step_s` seconds
+ * from `start` (Unix seconds), oldest first and ending now; each slot holds the largest depth seen.
+ */
+export interface IQueueHistory {
+  start: number;
+  step_s: number;
+  waiting: number[];
+  running: number[];
+}
+
+/** `GET usage?days=N` (`usage.usage_answer`). */
+export interface IUsage {
+  user: string;
+  admin: boolean;
+  /** The service's calendar day (YYYY-MM-DD). */
+  today: string;
+  usage: IUsageSummary;
+  queue: IQueueHistory;
+  /** Admins only: everyone's usage with a per-user table. */
+  all?: IUsageSummary;
+}

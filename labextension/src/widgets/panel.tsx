@@ -5,6 +5,7 @@ import * as React from 'react';
 import { CommandIDs } from '../commands';
 import { LLMModel } from '../model';
 import { ErrorBanner, ModelsSection, QueueSection, RunningSection, StateSection } from './sections';
+import { UsageSection } from './usage';
 
 /** The id of the sidebar widget. */
 export const PANEL_ID = 'jupyter-llm-af-panel';
@@ -52,6 +53,7 @@ export class LLMPanel extends VDomRenderer<LLMModel> {
             <ModelsSection state={state} models={model.models} running={model.running} commands={commands} />
             <RunningSection running={model.running} serving={model.serving} />
             <QueueSection queue={model.queue} state={state} />
+            <UsageSection usage={model.usage} />
           </>
         ) : (
           !model.loaded && <div className="jp-LLMPanel-subtle">Loading…</div>
