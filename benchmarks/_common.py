@@ -41,14 +41,20 @@ def free_port() -> int:
 class Child:
     """A child process with its output in a temporary log; stopped by its own PID (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        cwd: str | os.PathLike[str] = REPO,
+    ):
         self.name = name
         self.cleanup_dirs: list[str] = []  # removed after the process stops
         fd, self.log_path = tempfile.mkstemp(prefix=f"llm-af-bench-{name}-", suffix=".log")
         with os.fdopen(fd, "wb") as log:
             self.popen = subprocess.Popen(
                 args,
-                cwd=REPO,
+                cwd=cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -93,6 +99,42 @@ class Child:
             pass
         for d in self.cleanup_dirs:
             shutil.rmtree(d, ignore_errors=True)
+
+
+class Worktree:
+    """A detached git worktree of an older commit (for "before" figures), removed by :meth:`remove`.
+
+    A child runs that version with ``cwd=path`` and ``env``: ``python -m`` puts the working directory
+    first on ``sys.path``, and ``PYTHONPATH`` wins over the venv's editable install of this tree.
+    """
+
+    def __init__(self, commit: str, path: str):
+        self.commit, self.path = commit, path
+        if os.path.exists(path):  # left over from an interrupted run
+            subprocess.run(["git", "worktree", "remove", "--force", path], cwd=REPO, check=False)
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", path, commit],
+            cwd=REPO,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.env = {"PYTHONPATH": path}
+
+    def module_file(self, module: str) -> str:
+        """Where a child started like the benchmark's imports ``module`` from (to check it is here)."""
+        out = subprocess.run(
+            [PY, "-c", f"import {module}; print({module}.__file__)"],
+            cwd=self.path,
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+
+    def remove(self) -> None:
+        subprocess.run(["git", "worktree", "remove", "--force", self.path], cwd=REPO, check=False)
 
 
 def jupyter_env() -> tuple[str, dict[str, str]]:

@@ -11,6 +11,13 @@ at once with ``--chunks`` small messages, each in its own write (``/api/chat``: 
   service      ``jupyter-llm-af serve --backend upstream --upstream-url <backend>`` (native pass-through)
   jupyter-ext  a Jupyter server with this extension at ``/llm/`` (``--LLMService.backend=upstream``)
   jsp          jupyter-server-proxy 4.x in another Jupyter server (``c.ServerProxy.servers``, at ``/bench/``)
+  prev, prev-jupyter-ext   the service / extension as of ``--prev-commit`` (801755e: before the route
+               table / pipeline redesign of issue 12), from a git worktree in /tmp/llm-af-prev (removed at
+               the end; the child runs there with ``PYTHONPATH`` on it, checked before it starts)
+
+in two client modes (``--modes``): ``new``, a new TCP connection per request (as curl and many scripts
+do: httpx with no keep-alive), and ``pooled``, keep-alive connections (as SDKs do). Besides TTFB,
+"whole vs direct" is direct's whole-response p50 divided by the target's (issue 12: >= 0.9x).
 
 each proxy in its own process, so that its CPU time can be read from /proc. Per round (3 by
 default) and route: the 1-stream requests with the four targets taking turns request by request
@@ -25,7 +32,8 @@ that header and buffers the whole response otherwise (its "TTFB" is then the ful
 The service's admission limit is raised to 64 so that 32 streams are not queued (queueing is
 benchmarks/queue.py's subject).
 
-Targets (vs direct, same round): TTFB p50 overhead <= 0.5 ms at 1 stream, message rate >= 0.95x at
+Targets (vs direct, same round): TTFB p50 overhead <= 0.5 ms and whole response >= 0.9x at 1 stream
+(both modes), not slower than prev; pooled: message rate >= 0.95x at
 1 and 32 streams, and less overhead than jupyter-server-proxy (TTFB and both rates). Prints
 PASS/MISS, exits 0 either way.
 """
@@ -44,12 +52,15 @@ import asyncio  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
+from typing import Any  # noqa: E402
 
 import httpx  # noqa: E402
 
 from benchmarks._common import (  # noqa: E402
     PY,
+    REPO,
     Child,
+    Worktree,
     cpu_seconds,
     free_port,
     jupyter_env,
@@ -65,7 +76,12 @@ TOKEN = "bench-" + os.urandom(8).hex()
 MODEL = "bench:1b"
 TARGET_TTFB_MS = 0.5
 TARGET_RATE = 0.95
+TARGET_WHOLE = 0.9  # whole-response time ratio, direct / target (issue 12)
 ROUTES = {"ndjson": "/api/chat", "sse": "/v1/chat/completions"}
+# "pooled": keep-alive clients (SDKs); "new": a new TCP connection per request (curl, many scripts)
+MODES = ("new", "pooled")
+PREV_COMMIT = "801755e"  # the request path before the route table / pipeline redesign (issue 12)
+PREV_DIR = "/tmp/llm-af-prev"
 
 
 # =========================================================================================
@@ -254,7 +270,32 @@ class Target:
     base: str
     headers: dict[str, str]
     pid: int | None = None  # the proxy process, for its CPU time
-    client: httpx.AsyncClient | None = None
+    client: httpx.AsyncClient | None = None  # the client of the mode being measured
+    clients: dict[str, httpx.AsyncClient] = field(default_factory=dict)  # per mode
+
+    def open_clients(self) -> None:
+        self.clients = {
+            "pooled": httpx.AsyncClient(
+                timeout=httpx.Timeout(30.0),
+                trust_env=False,
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+            ),
+            # no connection kept: every request connects anew (and the connection closes after it)
+            "new": httpx.AsyncClient(
+                timeout=httpx.Timeout(30.0),
+                trust_env=False,
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=0),
+            ),
+        }
+
+    def use(self, mode: str) -> None:
+        self.client = self.clients[mode]
+
+    async def close_clients(self) -> None:
+        for c in self.clients.values():
+            await c.aclose()
+        self.clients = {}
+        self.client = None
 
     def cpu_s(self) -> float:
         return cpu_seconds(self.pid) if self.pid else float("nan")
@@ -263,6 +304,7 @@ class Target:
 @dataclass
 class Phase:
     ttfb_ms: list[float] = field(default_factory=list)
+    total_ms: list[float] = field(default_factory=list)  # whole response, request sent to last byte
     messages: int = 0
     requests: int = 0
     short: int = 0  # responses with fewer messages than sent (must stay 0)
@@ -297,6 +339,7 @@ async def one_request(t: Target, path: str, body: bytes, sse: bool, expected: in
     end = time.perf_counter()
     n = newlines // 2 if sse else newlines
     ph.ttfb_ms.append(((first or end) - t0) * 1000)
+    ph.total_ms.append((end - t0) * 1000)
     ph.messages += n
     ph.requests += 1
     ph.busy_s += end - t0
@@ -361,7 +404,7 @@ async def run_interleaved(
     return phases
 
 
-def _jupyter(name: str, port: int, config: str, extra: list[str]) -> Child:
+def _jupyter(name: str, port: int, config: str, extra: list[str], prev: Worktree | None = None) -> Child:
     tmp, env = jupyter_env()
     os.makedirs(env["JUPYTER_CONFIG_DIR"], exist_ok=True)
     with open(os.path.join(env["JUPYTER_CONFIG_DIR"], "jupyter_server_config.py"), "w") as f:
@@ -380,13 +423,16 @@ def _jupyter(name: str, port: int, config: str, extra: list[str]) -> Child:
             f"--ServerApp.root_dir={tmp}",
             *extra,
         ],
-        env=env,
+        env={**env, **(prev.env if prev else {})},
+        cwd=prev.path if prev else REPO,
     )
     child.cleanup_dirs.append(tmp)
     return child
 
 
-def start_stack(children: list[Child], chunks: int, need: set[str]) -> dict[str, Target]:
+def start_stack(
+    children: list[Child], chunks: int, need: set[str], prev: Worktree | None = None
+) -> dict[str, Target]:
     """Start the backend and one process per proxy (appended to ``children`` as they start, for the
     caller to stop); each proxy in its own process so that its CPU time can be read from /proc."""
     bport = free_port()
@@ -403,10 +449,12 @@ def start_stack(children: list[Child], chunks: int, need: set[str]) -> dict[str,
     llm_settings = ["--LLMService.max_concurrent=64", "--LLMService.max_queue_per_user=64"]
     targets = {"direct": Target("direct", burl, dict(hdrs))}
     waits: list[tuple[Child, str, dict[str, str]]] = []
-    if "service" in need:  # all started at once, then waited for
+    for name in ("prev", "service"):  # all started at once, then waited for
+        if name not in need or (name == "prev" and prev is None):
+            continue
         port = free_port()
         c = Child(
-            "service",
+            name,
             [
                 PY,
                 "-m",
@@ -422,23 +470,26 @@ def start_stack(children: list[Child], chunks: int, need: set[str]) -> dict[str,
                 burl,
                 *llm_settings,
             ],
+            env=prev.env if name == "prev" and prev else None,
+            cwd=prev.path if name == "prev" and prev else REPO,
         )
         children.append(c)
         waits.append((c, f"http://127.0.0.1:{port}/", auth))
-        targets["service"] = Target("service", f"http://127.0.0.1:{port}", {**hdrs, **auth}, pid=c.pid)
-    if "jupyter-ext" in need:
+        targets[name] = Target(name, f"http://127.0.0.1:{port}", {**hdrs, **auth}, pid=c.pid)
+    for name in ("prev-jupyter-ext", "jupyter-ext"):
+        if name not in need or (name == "prev-jupyter-ext" and prev is None):
+            continue
         port = free_port()
         c = _jupyter(
-            "jupyter-ext",
+            name,
             port,
             "",
             ["--LLMService.backend=upstream", f"--LLMService.upstream_url={burl}", *llm_settings],
+            prev=prev if name.startswith("prev") else None,
         )
         children.append(c)
         waits.append((c, f"http://127.0.0.1:{port}/llm/", jauth))
-        targets["jupyter-ext"] = Target(
-            "jupyter-ext", f"http://127.0.0.1:{port}/llm", {**hdrs, **jauth}, pid=c.pid
-        )
+        targets[name] = Target(name, f"http://127.0.0.1:{port}/llm", {**hdrs, **jauth}, pid=c.pid)
     if "jsp" in need:  # jupyter-server-proxy alone: this extension switched off in that server
         port = free_port()
         c = _jupyter(
@@ -458,100 +509,124 @@ def start_stack(children: list[Child], chunks: int, need: set[str]) -> dict[str,
 
 
 async def bench(args: argparse.Namespace, targets: dict[str, Target], budget_s: float) -> dict:
-    """results[(kind, conc, target)] = one Phase per round.
+    """results[(mode, kind, conc, target)] = one Phase per round.
 
-    Per round and route: the 1-stream requests interleaved across targets, then one 32-stream phase
-    per target (order rotated per round). Requests are split evenly over the rounds; the time
-    budget is split over the phases up front, so a slow machine cuts every phase short alike.
+    Per round, mode (new connection / pooled) and route: the 1-stream requests interleaved across
+    targets, then one 32-stream phase per target (order rotated per round). Requests are split
+    evenly over the rounds; the time budget is split over the phases up front, so a slow machine
+    cuts every phase short alike.
     """
-    results: dict[tuple[str, int, str], list[Phase]] = {}
+    results: dict[tuple[str, str, int, str], list[Phase]] = {}
     names = list(targets)
+    modes = args.modes
     n1 = max(1, args.n1 // args.rounds)
     n32 = max(32, args.n32 // args.rounds)
     for t in targets.values():
-        t.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(30.0),
-            trust_env=False,
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
-        )
+        t.open_clients()
     try:
         # warm-up: open the pooled connections, import lazily-loaded code, fill caches
         t_warm = time.monotonic()
-        for t in targets.values():
-            for kind in ROUTES:
-                await run_phase(t, kind, 32, 32, args.chunks, 5)
-                await run_phase(t, kind, 5, 1, args.chunks, 5)
+        for mode in modes:
+            for t in targets.values():
+                t.use(mode)
+                for kind in ROUTES:
+                    await run_phase(t, kind, 32, 32, args.chunks, 5)
+                    await run_phase(t, kind, 5, 1, args.chunks, 5)
         budget_s -= time.monotonic() - t_warm
-        unit = max(0.5, budget_s / (args.rounds * len(ROUTES) * 2 * len(names)))
+        # the 1-stream phases get 2/3 of the time: they carry the issue's targets
+        unit = max(0.5, budget_s / (args.rounds * len(modes) * len(ROUTES) * 1.5 * len(names)))
         for rnd in range(args.rounds):
             order = names[rnd % len(names) :] + names[: rnd % len(names)]
-            for kind in ROUTES:
-                got = await run_interleaved(
-                    [targets[n] for n in order], kind, n1, args.chunks, unit * len(names)
-                )
-                for name, ph in got.items():
-                    results.setdefault((kind, 1, name), []).append(ph)
-                for name in order:
-                    ph = await run_phase(targets[name], kind, n32, 32, args.chunks, unit)
-                    results.setdefault((kind, 32, name), []).append(ph)
+            for mode in modes:
+                for t in targets.values():
+                    t.use(mode)
+                for kind in ROUTES:
+                    got = await run_interleaved(
+                        [targets[n] for n in order], kind, n1, args.chunks, unit * len(names)
+                    )
+                    for name, ph in got.items():
+                        results.setdefault((mode, kind, 1, name), []).append(ph)
+                    for name in order:
+                        ph = await run_phase(targets[name], kind, n32, 32, args.chunks, unit / 2)
+                        results.setdefault((mode, kind, 32, name), []).append(ph)
             print(f"  round {rnd + 1}/{args.rounds} done", flush=True)
     finally:
         for t in targets.values():
-            if t.client is not None:
-                await t.client.aclose()
+            await t.close_clients()
     return results
 
 
-def report(results: dict, names: list[str], rounds: int) -> list[tuple[str, bool]]:
+def _paired(phs: list[Phase], base: list[Phase], fn: Any) -> list[float]:
+    return [fn(p, b) for p, b in zip(phs, base, strict=False)]
+
+
+def _d50(p: Phase, b: Phase) -> float:
+    return pct(p.ttfb_ms, 0.5) - pct(b.ttfb_ms, 0.5)
+
+
+def _whole(p: Phase, b: Phase) -> float:
+    """Whole-response time ratio, direct / target (p50 of each, same round): 1.0 = as fast as direct."""
+    return pct(b.total_ms, 0.5) / pct(p.total_ms, 0.5)
+
+
+def report(
+    results: dict, names: list[str], rounds: int, modes: list[str], prev_commit: str = PREV_COMMIT
+) -> list[tuple[str, bool]]:
     rows = []
     checks: list[tuple[str, bool]] = []
-    for kind in ROUTES:
-        for conc in (1, 32):
-            base = results.get((kind, conc, "direct"), [])
-            for name in names:
-                phs = results.get((kind, conc, name), [])
-                if not phs:
-                    continue
-                p50 = [pct(p.ttfb_ms, 0.5) for p in phs]
-                p99 = [pct(p.ttfb_ms, 0.99) for p in phs]
-                rate = [p.rate for p in phs]
-                if name == "direct":
-                    d50 = ratio = "-"
-                else:
-                    d50s = [
-                        pct(p.ttfb_ms, 0.5) - pct(b.ttfb_ms, 0.5) for p, b in zip(phs, base, strict=False)
-                    ]
-                    ratios = [p.rate / b.rate for p, b in zip(phs, base, strict=False)]
-                    d50, ratio = rng(d50s, "{:+.2f}"), rng(ratios, "{:.2f}x")
-                errs = sum(len(p.errors) for p in phs)
-                short = sum(p.short for p in phs)
-                reqs = sum(p.requests for p in phs)
-                cpu = (
-                    "-"
-                    if name == "direct"
-                    else rng(
-                        [p.cpu_s * 1e6 / p.messages if p.messages else float("nan") for p in phs], "{:.0f}"
+    for mode in modes:
+        for kind in ROUTES:
+            for conc in (1, 32):
+                base = results.get((mode, kind, conc, "direct"), [])
+                for name in names:
+                    phs = results.get((mode, kind, conc, name), [])
+                    if not phs:
+                        continue
+                    p50 = [pct(p.ttfb_ms, 0.5) for p in phs]
+                    p99 = [pct(p.ttfb_ms, 0.99) for p in phs]
+                    tot = [pct(p.total_ms, 0.5) for p in phs]
+                    rate = [p.rate for p in phs]
+                    if name == "direct":
+                        d50 = ratio = whole = "-"
+                    else:
+                        d50 = rng(_paired(phs, base, _d50), "{:+.2f}")
+                        ratio = rng(_paired(phs, base, lambda p, b: p.rate / b.rate), "{:.2f}x")
+                        whole = rng(_paired(phs, base, _whole), "{:.2f}x")
+                    errs = sum(len(p.errors) for p in phs)
+                    short = sum(p.short for p in phs)
+                    reqs = sum(p.requests for p in phs)
+                    cpu = (
+                        "-"
+                        if name == "direct"
+                        else rng(
+                            [p.cpu_s * 1e6 / p.messages if p.messages else float("nan") for p in phs],
+                            "{:.0f}",
+                        )
                     )
-                )
-                rows.append(
-                    [
-                        f"{ROUTES[kind]} ({kind})" if name == names[0] else "",
-                        str(conc) if name == names[0] else "",
-                        name,
-                        str(reqs),
-                        rng(p50),
-                        d50,
-                        rng(p99),
-                        rng(rate, "{:.0f}"),
-                        ratio,
-                        cpu,
-                        f"{errs}/{short}",
-                    ]
-                )
+                    first = name == names[0]
+                    rows.append(
+                        [
+                            mode if first else "",
+                            f"{ROUTES[kind]} ({kind})" if first else "",
+                            str(conc) if first else "",
+                            name,
+                            str(reqs),
+                            rng(p50),
+                            d50,
+                            rng(p99),
+                            rng(tot),
+                            whole,
+                            rng(rate, "{:.0f}"),
+                            ratio,
+                            cpu,
+                            f"{errs}/{short}",
+                        ]
+                    )
     print()
     print(
         table(
             [
+                "conn",
                 "route",
                 "conc",
                 "target",
@@ -559,6 +634,8 @@ def report(results: dict, names: list[str], rounds: int) -> list[tuple[str, bool
                 "TTFB p50 ms",
                 "d p50 ms",
                 "TTFB p99 ms",
+                "whole p50 ms",
+                "whole vs direct",
                 "msgs/s",
                 "rate vs direct",
                 "proxy CPU us/msg",
@@ -568,54 +645,96 @@ def report(results: dict, names: list[str], rounds: int) -> list[tuple[str, bool
         )
     )
     print(
-        f"\nmedian [min-max] over {rounds} rounds; d p50 = TTFB p50 minus direct's in the same round; "
-        "proxy CPU =\n"
-        "the proxy process's CPU time (/proc, 10 ms ticks) per streamed message, request costs included."
+        f"\nmedian [min-max] over {rounds} rounds; conn new = a new TCP connection per request, pooled = "
+        "keep-alive;\nd p50 = TTFB p50 minus direct's in the same round; whole vs direct = direct's "
+        "whole-response p50 / the target's\n(1.00x = as fast as direct); proxy CPU = the proxy "
+        "process's CPU time (/proc, 10 ms ticks) per streamed\nmessage, request costs included."
     )
-    for name, phs in results.items():
+    for key, phs in results.items():
         for p in phs:
             if p.errors:
-                print(f"  errors {name}: {p.errors[:3]}")
+                print(f"  errors {key}: {p.errors[:3]}")
                 break
 
-    def agg(kind: str, conc: int, name: str, what: str) -> float:
-        base = results.get((kind, conc, "direct"), [])
-        phs = results.get((kind, conc, name), [])
+    def agg(mode: str, kind: str, conc: int, name: str, what: str) -> float:
+        base = results.get((mode, kind, conc, "direct"), [])
+        phs = results.get((mode, kind, conc, name), [])
         if not phs or not base:
             return float("nan")
-        if what == "d50":
-            return median(pct(p.ttfb_ms, 0.5) - pct(b.ttfb_ms, 0.5) for p, b in zip(phs, base, strict=False))
-        return median(p.rate / b.rate for p, b in zip(phs, base, strict=False))
+        fn = {"d50": _d50, "whole": _whole}.get(what, lambda p, b: p.rate / b.rate)
+        return median(_paired(phs, base, fn))
+
+    # the issue-12 summary: 1 stream, added TTFB p50 and whole-response ratio, every target
+    summary = []
+    for name in names:
+        if name == "direct":
+            continue
+        row = [name]
+        for mode in modes:
+            for kind in ROUTES:
+                row.append(
+                    f"{agg(mode, kind, 1, name, 'd50'):+.2f} ms / {agg(mode, kind, 1, name, 'whole'):.2f}x"
+                )
+        summary.append(row)
+    print("\nSummary, 1 stream (added TTFB p50 / whole response direct/target, medians over rounds):")
+    print(table(["target", *(f"{m} {k}" for m in modes for k in ROUTES)], summary))
 
     print("\nTargets (medians over rounds):")
     for name in ("service", "jupyter-ext"):
         if name not in names:
             continue
-        for kind in ROUTES:
-            d = agg(kind, 1, name, "d50")
-            ok = d <= TARGET_TTFB_MS
-            checks.append((f"{name} {kind} TTFB p50 overhead {d:+.2f} ms <= {TARGET_TTFB_MS} ms", ok))
-            for conc in (1, 32):
-                r = agg(kind, conc, name, "rate")
+        for mode in modes:
+            for kind in ROUTES:
+                d = agg(mode, kind, 1, name, "d50")
+                w = agg(mode, kind, 1, name, "whole")
                 checks.append(
                     (
-                        f"{name} {kind} rate at {conc:>2} streams {r:.2f}x >= {TARGET_RATE}x direct",
-                        r >= TARGET_RATE,
+                        f"{name} {mode} {kind} TTFB p50 overhead {d:+.2f} ms <= {TARGET_TTFB_MS} ms",
+                        d <= TARGET_TTFB_MS,
                     )
                 )
-            if "jsp" in names:
-                dj = agg(kind, 1, "jsp", "d50")
-                rj = [agg(kind, c, "jsp", "rate") for c in (1, 32)]
-                rs = [agg(kind, c, name, "rate") for c in (1, 32)]
-                better = d < dj and all(a > b for a, b in zip(rs, rj, strict=True))
                 checks.append(
                     (
-                        f"{name} {kind} less overhead than jupyter-server-proxy "
-                        f"(TTFB {d:+.2f} vs {dj:+.2f} ms, "
-                        f"rate {rs[0]:.2f}/{rs[1]:.2f}x vs {rj[0]:.2f}/{rj[1]:.2f}x at 1/32)",
-                        better,
+                        f"{name} {mode} {kind} whole response {w:.2f}x >= {TARGET_WHOLE}x direct",
+                        w >= TARGET_WHOLE,
                     )
                 )
+                if mode != "pooled":
+                    continue
+                for conc in (1, 32):
+                    r = agg(mode, kind, conc, name, "rate")
+                    checks.append(
+                        (
+                            f"{name} {mode} {kind} rate at {conc:>2} streams {r:.2f}x >= {TARGET_RATE}x",
+                            r >= TARGET_RATE,
+                        )
+                    )
+                if "jsp" in names:
+                    dj = agg(mode, kind, 1, "jsp", "d50")
+                    rj = [agg(mode, kind, c, "jsp", "rate") for c in (1, 32)]
+                    rs = [agg(mode, kind, c, name, "rate") for c in (1, 32)]
+                    better = d < dj and all(a > b for a, b in zip(rs, rj, strict=True))
+                    checks.append(
+                        (
+                            f"{name} {mode} {kind} less overhead than jupyter-server-proxy "
+                            f"(TTFB {d:+.2f} vs {dj:+.2f} ms, "
+                            f"rate {rs[0]:.2f}/{rs[1]:.2f}x vs {rj[0]:.2f}/{rj[1]:.2f}x at 1/32)",
+                            better,
+                        )
+                    )
+        prev = "prev" if name == "service" else "prev-jupyter-ext"
+        if prev in names:
+            for mode in modes:
+                for kind in ROUTES:
+                    d, dp = agg(mode, kind, 1, name, "d50"), agg(mode, kind, 1, prev, "d50")
+                    w, wp = agg(mode, kind, 1, name, "whole"), agg(mode, kind, 1, prev, "whole")
+                    checks.append(
+                        (
+                            f"{name} {mode} {kind} not slower than {prev} ({prev_commit}): "
+                            f"TTFB {d:+.2f} vs {dp:+.2f} ms, whole {w:.2f}x vs {wp:.2f}x",
+                            d <= dp + 0.1 and w >= wp - 0.02,
+                        )
+                    )
     for text, ok in checks:
         print(f"  {verdict(ok)}  {text}")
     return checks
@@ -675,17 +794,22 @@ def profile(args: argparse.Namespace) -> None:
         )
 
         async def load() -> None:
-            t.client = httpx.AsyncClient(timeout=30, trust_env=False, limits=httpx.Limits(max_connections=64))
+            t.open_clients()
             try:
-                for kind in ROUTES:
-                    ph = await run_phase(t, kind, args.n1, 1, args.chunks, 30)
-                    ph32 = await run_phase(t, kind, args.n32, 32, args.chunks, 30)
-                    print(
-                        f"  {kind}: 1 stream p50 TTFB {pct(ph.ttfb_ms, 0.5):.2f} ms, {ph.rate:.0f} msgs/s; "
-                        f"32 streams {ph32.rate:.0f} msgs/s (under cProfile)"
-                    )
+                for mode in args.modes:
+                    t.use(mode)
+                    for kind in ROUTES:
+                        ph = await run_phase(t, kind, args.n1, 1, args.chunks, 30)
+                        line = (
+                            f"  {mode} {kind}: 1 stream p50 TTFB {pct(ph.ttfb_ms, 0.5):.2f} ms, whole "
+                            f"{pct(ph.total_ms, 0.5):.2f} ms, {ph.rate:.0f} msgs/s"
+                        )
+                        if not args.profile_1:
+                            ph32 = await run_phase(t, kind, args.n32, 32, args.chunks, 30)
+                            line += f"; 32 streams {ph32.rate:.0f} msgs/s"
+                        print(line + " (under cProfile)", flush=True)
             finally:
-                await t.client.aclose()
+                await t.close_clients()
 
         asyncio.run(load())
         svc.stop()
@@ -721,18 +845,32 @@ def main(argv: list[str] | None = None) -> int:
         default=140.0,
         help="seconds for the whole run (start-up included); phases are cut short to fit",
     )
-    p.add_argument("--targets", default="service,jupyter-ext,jsp")
+    p.add_argument(
+        "--targets",
+        default="prev,service,prev-jupyter-ext,jupyter-ext,jsp",
+        help="prev / prev-jupyter-ext: the service / extension as of --prev-commit, from a git worktree",
+    )
+    p.add_argument("--prev-commit", default=PREV_COMMIT)
+    p.add_argument(
+        "--modes", default="new,pooled", help="new: a new TCP connection per request; pooled: keep-alive"
+    )
     p.add_argument("--profile", action="store_true", help="profile the standalone service instead")
+    p.add_argument("--profile-1", action="store_true", help="--profile: the 1-stream phases only")
     p.add_argument("--serve-backend", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_backend:
         serve_backend(args.port, args.chunks)
         return 0
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip() in MODES]
     if args.profile:
         profile(args)
         return 0
     need = {s.strip() for s in args.targets.split(",") if s.strip()}
+    order = [
+        "direct",
+        *(n for n in ("prev", "service", "prev-jupyter-ext", "jupyter-ext", "jsp") if n in need),
+    ]
     t0 = time.monotonic()
     print(
         f"proxy overhead: {args.chunks} messages per stream, {args.n1} requests at 1 stream, "
@@ -741,14 +879,24 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     children: list[Child] = []
+    prev: Worktree | None = None
     try:
-        targets = start_stack(children, args.chunks, need)
+        if need & {"prev", "prev-jupyter-ext"}:
+            prev = Worktree(args.prev_commit, PREV_DIR)
+            where = prev.module_file("jupyter_llm_af")
+            if not where.startswith(PREV_DIR + "/"):
+                raise RuntimeError(f"the prev child would import jupyter_llm_af from {where}")
+            print(f"  prev: {args.prev_commit} in {PREV_DIR} (imports {where})", flush=True)
+        targets = start_stack(children, args.chunks, need, prev)
+        targets = {n: targets[n] for n in order if n in targets}
         print(f"  started {', '.join(c.name for c in children)} in {time.monotonic() - t0:.1f} s", flush=True)
         results = asyncio.run(bench(args, targets, args.time_cap - (time.monotonic() - t0)))
     finally:
         for c in reversed(children):
             c.stop()
-    report(results, list(targets), args.rounds)
+        if prev is not None:
+            prev.remove()
+    report(results, list(targets), args.rounds, args.modes, args.prev_commit)
     print(f"\ntotal {time.monotonic() - t0:.0f} s; {machine_note()}")
     return 0
 
