@@ -381,7 +381,7 @@ export function usageText(t: IUsageTotals): string {
   const tokens = totalTokens(t);
   const split =
     tokens > 0 ? ` (${formatCount(t.prompt_tokens)} prompt + ${formatCount(t.completion_tokens)} completion)` : '';
-  return `${requests}${failed}, ${formatCount(tokens)} tokens${split}`;
+  return `${requests}${failed}, ${formatCount(tokens)} ${tokens === 1 ? 'token' : 'tokens'}${split}`;
 }
 
 /** One bar of the usage chart, in the chart's own units (y grows downwards, as in SVG). */

@@ -71,7 +71,7 @@ describe('dayLabel', () => {
 describe('usageText', () => {
   it('counts requests and tokens, with the split and failures', () => {
     assert.equal(usageText(WEEK[6]), '3 requests, 800 tokens (600 prompt + 200 completion)');
-    assert.equal(usageText({ ...WEEK[3], errors: 1 }), '1 request, 1 failed, 1 tokens (1 prompt + 0 completion)');
+    assert.equal(usageText({ ...WEEK[3], errors: 1 }), '1 request, 1 failed, 1 token (1 prompt + 0 completion)');
     assert.equal(usageText(WEEK[0]), '0 requests, 0 tokens');
     assert.equal(usageText(day('x', 1, 0, 0)), '1 request, 0 tokens');
   });
