@@ -179,6 +179,43 @@ def test_queued_requests_show_positions_and_the_loaded_model(new_page, lab: Proc
     expect(others).to_have_count(0)
 
 
+def test_usage_shows_my_requests_tokens_and_the_queue_history(new_page, lab: Proc) -> None:
+    # One chat request from a kernel's client: the same user as the browser's in a single-user server.
+    reply = httpx.post(
+        f"{lab.extra['base']}llm/api/chat",
+        headers=auth(),
+        json={
+            "model": "tiny:1b",
+            "stream": False,
+            "options": {"num_predict": 3},
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+        timeout=60,
+    )
+    assert reply.status_code == 200
+    doc = httpx.get(f"{lab.extra['base']}llm/usage?days=7", headers=auth()).json()
+    today = next(day for day in doc["usage"]["days"] if day["date"] == doc["today"])
+    assert today["requests"] >= 1 and today["completion_tokens"] >= 3
+    assert today["prompt_tokens"] < 1000 and today["completion_tokens"] < 1000  # written out in full
+
+    page = new_page(lab)
+    usage = open_panel(page).get_by_test_id("llm-usage")
+    requests = f"{today['requests']} {'request' if today['requests'] == 1 else 'requests'}"
+    expect(usage.get_by_test_id("llm-usage-today")).to_have_text(
+        f"Today: {requests}, {today['prompt_tokens'] + today['completion_tokens']} tokens "
+        f"({today['prompt_tokens']} prompt + {today['completion_tokens']} completion)"
+    )
+    expect(usage.locator('[data-testid="llm-usage-chart"] g[data-date]')).to_have_count(7)
+    expect(usage.locator(f'[data-testid="llm-usage-chart"] g[data-date="{doc["today"]}"]')).to_have_class(
+        "jp-mod-today"
+    )
+    # the request ran (one slot: max_concurrent 1): the last hour's line shows it
+    expect(usage.get_by_test_id("llm-queue-history-text")).to_contain_text("Peak 1 running")
+    usage.scroll_into_view_if_needed()
+    screenshot(page, "panel-usage-light")
+    assert our_errors(page) == []
+
+
 def test_errors_are_shown(new_page, lab: Proc) -> None:
     page = new_page(lab)
     panel = open_panel(page)

@@ -104,11 +104,14 @@ function QueueSparkline({ history }: { history: IQueueHistory }): JSX.Element {
           {facts.to}
         </text>
       </svg>
-      <div className="jp-LLMPanel-legend jp-LLMPanel-subtle" data-testid="llm-queue-history-text">
+      <div className="jp-LLMPanel-legend jp-LLMPanel-subtle">
         <span className="jp-LLMPanel-swatch jp-mod-running" aria-hidden="true" />
         running
         <span className="jp-LLMPanel-swatch jp-mod-waiting" aria-hidden="true" />
-        waiting · {facts.text}
+        waiting
+      </div>
+      <div className="jp-LLMPanel-subtle" data-testid="llm-queue-history-text">
+        {facts.text}
       </div>
     </>
   );
