@@ -197,6 +197,7 @@ class Pipeline:
 
     def __init__(self, core: LLMCore):
         self.core = core
+        self._queue_reported = 0.0
         self._steps: dict[Kind, Callable[[Request], Awaitable[Reply]]] = {
             Kind.ROOT: self._root,
             Kind.VERSION: self._version,
@@ -210,6 +211,14 @@ class Pipeline:
             Kind.USAGE: self._usage,
             Kind.METRICS: self._metrics,
         }
+
+    def _queue_changed(self, force: bool = False) -> None:
+        """Tell telemetry the queue's per-model figures, at most twice a second: they are read
+        again at every scrape and /usage, and the hot path should not pay for each request."""
+        now = time.monotonic()
+        if force or now - self._queue_reported >= 0.5:
+            self._queue_reported = now
+            self.core.telemetry.queue_snapshot(self.core.admission.models())
 
     async def handle(self, req: Request) -> Reply:
         if req.route.admin_only and not req.identity.admin and req.route.kind is not Kind.MANAGE:
@@ -260,6 +269,7 @@ class Pipeline:
         if self.core.relay:
             return await self._relay(req)
         ident = req.identity
+        self._queue_changed(force=True)
         return json_reply(usage_answer(self.core.telemetry.usage, ident.user, ident.admin, req.query))
 
     async def _metrics(self, req: Request) -> Reply:
@@ -268,7 +278,7 @@ class Pipeline:
         if not metrics_allowed(authorization, core.cfg.metrics_token, req.identity.admin):
             raise Forbidden("/metrics is for admins of this service and the metrics token")
         # gauges read at scrape time (launchers and the queue also report as things change)
-        core.telemetry.queue_snapshot(core.admission.models())
+        self._queue_changed(force=True)
         core.telemetry.backend_reachable(core.backend.serving_url() is not None)
         body, ctype = core.telemetry.render_metrics()
         return Reply(200, {"Content-Type": ctype}, body)
@@ -321,8 +331,8 @@ class Pipeline:
             ticket = await stack.enter_async_context(
                 core.admission.slot(req.identity.user, str(model), deadline, stream)
             )
-            core.telemetry.queue_snapshot(core.admission.models())
-            stack.callback(lambda: core.telemetry.queue_snapshot(core.admission.models()))
+            self._queue_changed()
+            stack.callback(self._queue_changed)
             reply = await self._to_backend(req, body, deadline, stack, activity=True)
         except BaseException:
             await stack.aclose()

@@ -370,3 +370,36 @@ def test_state_dir_unwritable(tmp_path: Path, job_name: str) -> None:
     finally:
         subprocess.run(["chattr", "-i", str(state)], capture_output=True)
         finish(svc, job_name, tally, "state dir unwritable")
+
+
+def test_service_killed_and_restarted_adopts_the_job(tmp_path: Path, job_name: str) -> None:
+    """``kill -9`` of the service (no clean shutdown): the restarted service adopts the running job
+    (same job id, its gateway secret read back from the state dir) and serves from it at once."""
+    first = service(tmp_path, job_name)
+    tally = Tally()
+    try:
+        warm_up(first.url)
+        job = running_job(job_name)
+        first.popen.send_signal(signal.SIGKILL)
+        first.popen.wait(10)
+        assert [r[0] for r in sh.jobs_named(job_name)] == [job]  # the job outlives its service
+        svc = service(tmp_path, job_name)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                st = httpx.get(svc.url + "/backend/state", headers=h(USER), timeout=30).json()
+                if st.get("serving"):
+                    break
+                time.sleep(0.2)
+            assert st["serving"] and st["job"]["id"] == job, st
+
+            async def nothing() -> None:
+                return None
+
+            asyncio.run(traffic(svc.url, tally, nothing, before=0.0, after=8.0))
+            assert tally.answered > 0
+            assert [r[0] for r in sh.jobs_named(job_name)] == [job]  # adopted, not resubmitted
+        finally:
+            finish(svc, job_name, tally, "service kill -9 + restart")
+    finally:
+        first.stop()
