@@ -89,6 +89,8 @@ class LLMCore:
         # backend URL → {path: served natively?}, probed on first use (pipeline._serves)
         self.capabilities: dict[str, dict[str, bool]] = {}
         self.telemetry = Telemetry.from_config(cfg, version=__version__)
+        if hasattr(self.backend, "on_event"):  # Slurm: job submissions, readiness, handovers, ...
+            self.backend.on_event = self.telemetry.slurm_event
         self.pipeline = Pipeline(self)
 
     # -- construction ---------------------------------------------------------------------

@@ -459,3 +459,27 @@ async def test_unwritable_state_dir_fails_requests_at_once_with_the_reason(
     assert time.monotonic() - started < 1
     assert "cannot be written" in exc.value.message and "slurm_state_dir" in exc.value.message
     assert backend.state is BackendState.FAILED and fake.calls["submit"] == 0
+
+
+@pytest.mark.asyncio
+async def test_job_events_reach_the_metrics(make, fake: FakeSlurm) -> None:
+    """The launcher tells the service's telemetry what its jobs do; Prometheus series follow."""
+    from jupyter_llm_af.metrics import Metrics
+
+    metrics = Metrics()
+    backend = make()
+    seen: list[str] = []
+
+    def on_event(event: str, **labels: object) -> None:
+        seen.append(event)
+        metrics.slurm_event(event, **labels)
+
+    backend.on_event = on_event
+    await backend.start()
+    endpoint = await backend.ready_endpoint(soon())
+    await backend.control("stop")
+    assert seen[:2] == ["submitted", "ready"] and "released" in seen, seen
+    text = metrics.render()[0].decode()
+    assert "jupyter_llm_af_slurm_submissions_total 1.0" in text
+    assert "jupyter_llm_af_slurm_ready_total 1.0" in text
+    assert endpoint.key

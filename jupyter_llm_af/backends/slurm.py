@@ -30,6 +30,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,8 @@ class SlurmBackend(Backend):
         self._handover_task: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
         self.submitted_job_ids: list[str] = []  # jobs this instance submitted (tests, benchmarks)
+        # the service's telemetry (Telemetry.slurm_event): submitted, ready, handover, released, ...
+        self.on_event: Callable[..., None] | None = None
         self.jobs_seen: dict[str, SlurmJob] = {}  # every job tracked, by id (events for benchmarks)
 
     # -- construction from the service's settings ----------------------------------------------
@@ -248,6 +251,14 @@ class SlurmBackend(Backend):
                 self._notify()
             return self.describe(admin=True)
         raise ControlNotSupported(f"the slurm backend has no '{action}' action")
+
+    def _event(self, event: str, **labels: Any) -> None:
+        """Tell ``on_event`` (the service's telemetry) what happened; never fails the loop."""
+        if self.on_event is not None:
+            try:
+                self.on_event(event, **labels)
+            except Exception:
+                log.exception("Slurm: event hook failed (%s)", event)
 
     def endpoint_failed(self, endpoint: Endpoint) -> None:
         """The proxy could not reach ``endpoint``: check the job and its backend now, not at the next poll."""
@@ -459,11 +470,14 @@ class SlurmBackend(Backend):
                 job.ready = True
                 job.mark("ready")
                 log.info("Slurm: job %s ready at %s", job.id, job.url)
+                startup = job.events["ready"] - job.events.get("submitted", job.events["ready"])
+                self._event("ready", job_id=job.id, startup_s=startup)
                 self._notify()
             return
         job.probe_failures += 1
         if job.ready and job.probe_failures >= PROBE_FAILURES_TO_UNREADY:
             log.warning("Slurm: job %s stopped answering at %s", job.id, job.url)
+            self._event("failed", kind="backend_unreachable", job_id=job.id)
             job.ready = False
             job.unready_since = time.monotonic()
             self._notify()
@@ -520,6 +534,9 @@ class SlurmBackend(Backend):
         was_ready = job.ready or "ready" in job.events
         job.ready = False
         job.mark("ended")
+        self._event("ended", job_id=job.id)
+        if not was_ready:
+            self._event("failed", kind="job_failed", job_id=job.id)
         await self._forget_files(job)
         if job is self._current or job is self._successor:
             if was_ready:
@@ -665,6 +682,7 @@ class SlurmBackend(Backend):
                 log.warning("Slurm: %s", self._last_error)
             else:
                 self._set_failed(msg.sbatch_rejected(detail), fail_waiters=True)
+            self._event("failed", kind="unreachable" if e.controller_unreachable else "submit_rejected")
             return
         except SlurmError as e:  # sbatch said something unparsable: it may have submitted
             self._last_error = f"sbatch: {e.message}"
@@ -677,6 +695,7 @@ class SlurmBackend(Backend):
         job = SlurmJob(id=job_id, submitted_at=datetime.now().astimezone(), secret=secret, secret_nonce=nonce)
         job.events["submit_start"] = t_start
         job.mark("submitted")
+        self._event("submitted", job_id=job_id)
         self.jobs_seen[job_id] = job
         self.submitted_job_ids.append(job_id)
         self._failed = False
@@ -699,6 +718,8 @@ class SlurmBackend(Backend):
         self._notify()
         try:
             log.info("Slurm: cancelling job(s) %s: %s", ", ".join(j.id for j in jobs), why)
+            for j in jobs:
+                self._event("released", job_id=j.id, reason=why.split(":")[0][:40])
             try:
                 await self.cli.cancel(*(j.id for j in jobs))
             except SlurmError as e:
@@ -732,6 +753,7 @@ class SlurmBackend(Backend):
                     self._draining[old.id] = old
                     new.mark("switched")
                     log.info("Slurm: job %s now serves; job %s drains", new.id, old.id)
+                    self._event("handover", from_job=old.id, to_job=new.id)
                     self._notify()
                 elif self._current is not new or old not in self._tracked_jobs():
                     return  # things moved on (old ended, stop, release): nothing to drain
