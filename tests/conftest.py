@@ -203,3 +203,22 @@ def pytest_runtest_makereport(item, call):
     if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, which must run every test: {report.longrepr}"
+
+
+# -- figures: lines a test prints starting with FAULT or FIGURE are repeated in the run's summary,
+# so CI's log shows the fault suite's and the property tests' counts without ``-s``.
+_FIGURES: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call":
+        for line in (report.capstdout or "").splitlines():
+            if line.startswith(("FAULT ", "FIGURE ")):
+                _FIGURES.append(line)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _FIGURES:
+        terminalreporter.section("figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

@@ -695,7 +695,8 @@ def test_request_right_after_the_backend_died_is_answered(tmp_path):
     finally:
         service.stop()
     print(
-        f"\nbackend killed {kills} times, request sent at once: {answered} answered, {len(failures)} failed"
+        f"\nFIGURE retries: backend killed {kills} times, request sent at once: "
+        f"{answered} answered, {len(failures)} failed"
     )
     assert failures == [] and answered == kills
     assert_clean_log(full_log(service), TOKEN)
@@ -742,7 +743,8 @@ def test_backend_that_idle_closes_keep_alive_connections_fails_nothing(tmp_path)
     failed = [r for r in results if r[1] != 200]
     dropped = [r for r in recorded(record) if not r["answered"]]
     print(
-        f"\nidle-closing backend: {len(results)} requests in {elapsed:.1f} s, {len(failed)} failed, "
+        f"\nFIGURE retries: idle-closing backend: {len(results)} requests in {elapsed:.1f} s, "
+        f"{len(failed)} failed, "
         f"{len(dropped)} stale connections met (each retried)"
     )
     assert len(results) == 50 and failed == [], failed[:5]

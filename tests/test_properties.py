@@ -398,7 +398,7 @@ def test_pipeline_never_fails_on_random_input(in_process, protocol):
     one()
     elapsed = time.monotonic() - started
     print(
-        f"\nin process ({protocol}): {sum(statuses.values())} examples in {elapsed:.1f} s, "
+        f"\nFIGURE properties in process ({protocol}): {sum(statuses.values())} examples in {elapsed:.1f} s, "
         f"statuses {dict(sorted(statuses.items()))}, backend requests {len(harness.backend.requests)}"
     )
     assert not failures, failures
@@ -555,7 +555,7 @@ def test_http_never_fails_on_random_requests(over_http):
     log = full_log(service)[log_start:]
     entry, elapsed = "jupyter" if prefix else "standalone", time.monotonic() - started
     print(
-        f"\nover HTTP ({entry}): {sum(statuses.values())} examples in {elapsed:.1f} s, "
+        f"\nFIGURE properties over HTTP ({entry}): {sum(statuses.values())} examples in {elapsed:.1f} s, "
         f"statuses {dict(sorted(statuses.items()))}, Tornado's bare 400s {bare_400}, "
         f"backend requests {len(recorded(record))}"
     )
