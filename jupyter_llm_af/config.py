@@ -116,11 +116,20 @@ class LLMService(Configurable):
         "best for code; slow"}.""",
     )
     model_defaults = Dict(
-        {"gemma3:270m": {"max_tokens": 200, "stop": ["<end_of_turn>", "<start_of_turn>", "\n\n\n"]}},
+        {
+            "gemma3:270m": {
+                "max_tokens": 200,
+                "stop": ["<end_of_turn>", "<start_of_turn>", "\n\n\n"],
+                "max_tokens_cap": 2048,
+            },
+            "smollm2:135m": {"max_tokens_cap": 2048},
+        },
         config=True,
         help="""Generation defaults per model, applied when a request does not set them:
-        ``max_tokens`` (Ollama: ``options.num_predict``) and ``stop``. Keeps base models (which
-        never stop on their own) from filling the screen.""",
+        ``max_tokens`` (Ollama: ``options.num_predict``) and ``stop``; ``max_tokens_cap`` clamps
+        what any request may ask for (coding agents ask for 32000). Keeps base models (which
+        never stop on their own) from filling the screen, and small models from holding a slot
+        for minutes.""",
     )
     translate_routes = List(
         Unicode(),

@@ -174,7 +174,7 @@ def apply_model_defaults(route: Route, body: dict[str, Any], defaults: Mapping[s
             if ours in wanted and options.get(theirs) is None:
                 options[theirs] = wanted[ours]
                 changed = True
-        return changed
+        return _cap_output(route, body, wanted.get("max_tokens_cap")) or changed
     names = {
         Api.OPENAI: {"max_tokens": "max_tokens", "stop": "stop"},
         Api.ANTHROPIC: {"stop": "stop_sequences"},
@@ -189,6 +189,33 @@ def apply_model_defaults(route: Route, body: dict[str, Any], defaults: Mapping[s
         ):
             body[theirs] = wanted[ours]
             changed = True
+    return _cap_output(route, body, wanted.get("max_tokens_cap")) or changed
+
+
+def _cap_output(route: Route, body: dict[str, Any], cap: Any) -> bool:
+    """Clamp the requested output length to ``cap`` (agents ask for 32000 tokens; a small model
+    that never stops would hold its slot for minutes). True if the body changed."""
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap <= 0:
+        return False
+    if route.api is Api.OLLAMA:
+        options = body.setdefault("options", {})
+        current = options.get("num_predict")
+        if not isinstance(current, int) or current < 0 or current > cap:
+            options["num_predict"] = cap
+            return True
+        return False
+    fields = (
+        ["max_output_tokens"] if route.path == "/v1/responses" else ["max_tokens", "max_completion_tokens"]
+    )
+    changed = False
+    for name in fields:
+        current = body.get(name)
+        if isinstance(current, int) and current > cap:
+            body[name] = cap
+            changed = True
+    if not any(isinstance(body.get(n), int) for n in fields):
+        body[fields[0]] = cap
+        changed = True
     return changed
 
 

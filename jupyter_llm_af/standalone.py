@@ -73,6 +73,11 @@ def hub_handler_class() -> type[LLMHandler]:
         """Hub users by OAuth cookie (browsers) or hub API token (``Authorization``/``x-api-key``)."""
 
         async def prepare(self) -> None:
+            if self._is_metrics_scraper():  # Prometheus with the metrics token: /metrics only
+                scraper: dict[str, Any] | None = {"name": "metrics", "admin": False, "groups": []}
+                self._hub_auth_user_cache = scraper
+                await LLMHandler.prepare(self)
+                return
             # Ask the hub without blocking the IOLoop (get_current_user would do it synchronously).
             user_model = await self.hub_auth.get_user(self, sync=False)
             try:
@@ -91,6 +96,14 @@ def hub_handler_class() -> type[LLMHandler]:
                     return
                 raise web.HTTPError(401 if headers.get("Authorization") is None else 403)
             await super().prepare()
+
+        def _is_metrics_scraper(self) -> bool:
+            token = self.core.cfg.metrics_token
+            if not token or self.route is None or self.route.kind.value != "metrics":
+                return False
+            scheme, _, value = self.request.headers.get("Authorization", "").partition(" ")
+            given = value.strip().encode(errors="replace")
+            return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), given)
 
         def get_login_url(self) -> str:
             raise web.HTTPError(401)  # API clients: a clear 401 in the API's format, never a redirect

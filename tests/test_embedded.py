@@ -206,3 +206,32 @@ def test_jupyter_server_with_no_config_answers_with_a_real_model():
         assert o.embeddings.create(model="smollm2:135m", input="hi").data[0].embedding
     finally:
         server.stop()
+
+
+def test_usage_counts_what_the_real_backend_reported(embedded_service, client):
+    """Per-user usage (GET /usage) adds up the tokens llama.cpp itself counted, for Ollama's API
+    (translated) and OpenAI's (passed through, streamed with include_usage)."""
+
+    def totals() -> dict:
+        doc = httpx.get(embedded_service.url + "/usage?days=1", headers=auth(), timeout=30).json()
+        return doc["usage"]["models"].get("smollm2:135m") or {"prompt_tokens": 0, "completion_tokens": 0}
+
+    before = totals()
+    r = client.chat(model="smollm2:135m", messages=CHAT, options={"temperature": 0, "num_predict": 16})
+    reported_prompt, reported_completion = r.prompt_eval_count, r.eval_count
+    c = openai.OpenAI(base_url=embedded_service.url + "/v1", api_key=TOKEN, max_retries=0, timeout=300)
+    chunks = list(
+        c.chat.completions.create(
+            model="smollm2:135m",
+            messages=CHAT,
+            max_tokens=16,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    usage = next(ch.usage for ch in reversed(chunks) if ch.usage)
+    reported_prompt += usage.prompt_tokens
+    reported_completion += usage.completion_tokens
+    after = totals()
+    assert after["prompt_tokens"] - before["prompt_tokens"] == reported_prompt
+    assert after["completion_tokens"] - before["completion_tokens"] == reported_completion

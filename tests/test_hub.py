@@ -219,3 +219,13 @@ def test_a_person_in_a_browser_logs_in_through_the_hub(hub: hh.Hub) -> None:
             assert state["user"] == {"name": "bob", "admin": False}
         finally:
             browser.close()
+
+
+def test_prometheus_scrapes_the_hub_service_with_the_metrics_token(hub: hh.Hub) -> None:
+    """The metrics token opens /metrics (and nothing else) of the hub service; no token: refused."""
+    scraper = {"Authorization": "Bearer hub-metrics-token-for-tests"}
+    r = hub.svc("GET", "metrics", headers=scraper)
+    assert r.status_code == 200 and "jupyter_llm_af_requests" in r.text, r.text[:300]
+    assert r.headers["content-type"].startswith("text/plain")
+    assert hub.svc("GET", "metrics").status_code in (401, 403)
+    assert hub.svc("GET", "api/tags", headers=scraper).status_code in (401, 403)
