@@ -117,6 +117,17 @@ class BackendRejected(ServiceError):
 _INPUT_WORDS = ("invalid", "unsupported", "must be", "expected", "parse", "missing", "required", "unknown")
 
 
+def backend_error_text(doc: Any) -> str:
+    """The sentence in a backend's error document: ``{"error": "..."}`` (Ollama),
+    ``{"error": {"message"}}`` (OpenAI, llama.cpp) or ``{"message"}``; else the document itself."""
+    if isinstance(doc, dict):
+        err = doc.get("error", doc)
+        if isinstance(err, dict):
+            return str(err.get("message") or err)
+        return str(err)
+    return str(doc)
+
+
 def backend_failure_status(status: int, message: str) -> int:
     """The status to answer for a backend's error ``status`` with ``message``."""
     if status < 500:

@@ -34,6 +34,7 @@ from .errors import (
     NotSupported,
     ServiceError,
     UpstreamError,
+    backend_error_text,
     backend_failure_status,
     error_body,
     stream_error_chunk,
@@ -650,7 +651,8 @@ async def _backend_error(resp: aiohttp.ClientResponse, api: Api) -> ServiceError
         doc: Any = json.loads(data)
     except (ValueError, RecursionError):
         doc = {"error": data.decode(errors="replace")[:500]}
-    message = _error_text(doc) or f"the backend answered {resp.status}"
+    said = not isinstance(doc, dict) or "error" in doc or "message" in doc
+    message = (backend_error_text(doc) if said else "") or f"the backend answered {resp.status}"
     status = backend_failure_status(resp.status, message)
     if status == 502:
         message = f"the backend failed: {message}"
@@ -661,15 +663,6 @@ async def _backend_error(resp: aiohttp.ClientResponse, api: Api) -> ServiceError
     if retry and retry.isdigit():
         err.retry_after = int(retry)
     return err
-
-
-def _error_text(doc: Any) -> str:
-    if isinstance(doc, dict):
-        err = doc.get("error", doc.get("message", ""))
-        if isinstance(err, dict):
-            return str(err.get("message") or err)
-        return str(err)
-    return str(doc)
 
 
 class Rename:

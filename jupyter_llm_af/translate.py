@@ -35,7 +35,7 @@ import httpx
 from .apis import reasoning_text, tool_input
 from .catalogue import ModelMeta
 from .errors import ServiceError as OllamaError
-from .errors import UpstreamError, backend_failure_status
+from .errors import UpstreamError, backend_error_text, backend_failure_status
 from .forwarding import Upstream
 
 # The Ollama API level this translation follows (think levels, logprobs, /v1/messages and
@@ -450,7 +450,7 @@ class OpenAIToOllama:
                 if not isinstance(event, dict):
                     continue
                 if "error" in event:
-                    raise UpstreamError(f"the backend failed while streaming: {_error_text(event)}")
+                    raise UpstreamError(f"the backend failed while streaming: {backend_error_text(event)}")
                 last = {**last, **{k: v for k, v in event.items() if k in ("usage", "timings")}}
                 for choice in event.get("choices") or []:
                     delta = choice.get("delta") or {}
@@ -538,7 +538,7 @@ class OpenAIToOllama:
                 if not isinstance(event, dict):
                     continue
                 if "error" in event:
-                    raise UpstreamError(f"the backend failed while streaming: {_error_text(event)}")
+                    raise UpstreamError(f"the backend failed while streaming: {backend_error_text(event)}")
                 if event.get("content"):
                     first_token_ns = first_token_ns or time.monotonic_ns()
                     yield self._chunk(m, "response", str(event["content"]))
@@ -930,15 +930,6 @@ def _param_size(n_params: Any) -> str:
     return f"{round(n_params / 1e6)}M"
 
 
-def _error_text(doc: Any) -> str:
-    if isinstance(doc, dict):
-        err = doc.get("error", doc)
-        if isinstance(err, dict):
-            return str(err.get("message") or err)
-        return str(err)
-    return str(doc)
-
-
 def _describe(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
@@ -949,7 +940,7 @@ def _json_or_error(resp: httpx.Response) -> dict[str, Any]:
     except ValueError:
         doc = {"error": resp.text[:500]}
     if resp.status_code >= 400:
-        message = _error_text(doc)
+        message = backend_error_text(doc)
         if "not found" in message and "model" in message:
             raise OllamaError(message, 404)
         raise OllamaError(message, backend_failure_status(resp.status_code, message))
