@@ -77,6 +77,7 @@ class Request:
     arg: str | None = None  # the route's one parameter (model id, blob digest, action)
     query: Mapping[str, str] = field(default_factory=dict)  # /usage only (since, until, days, user)
     trace: RequestTrace | None = None  # telemetry of this request (timings, model, job)
+    worker: str = ""  # the backend job admission placed it on ("" : the launcher chooses)
 
     @property
     def service_path(self) -> str:
@@ -359,6 +360,7 @@ class Pipeline:
             ticket = await stack.enter_async_context(
                 core.admission.slot(req.identity.user, str(model), deadline, stream)
             )
+            req.worker = ticket.worker
             self._queue_changed()
             stack.callback(self._queue_changed)
             reply = await self._to_backend(req, body, deadline, stack, activity=True)
@@ -411,7 +413,9 @@ class Pipeline:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             attempt_stack = contextlib.AsyncExitStack()
             try:
-                endpoint = await attempt_stack.enter_async_context(core.backend.lease(deadline, activity))
+                endpoint = await attempt_stack.enter_async_context(
+                    core.backend.lease(deadline, activity, worker=req.worker)
+                )
                 core.upstream.remember_endpoint(endpoint.url, endpoint_headers(endpoint))
                 if req.trace is not None:
                     req.trace.admitted(endpoint.key if core.backend.kind == "slurm" else None)

@@ -56,6 +56,25 @@ class JobDoc(TypedDict, total=False):
     time_limit_s: float | None
     estimated_start: str | None
     ready: bool
+    # several jobs (slurm_max_jobs > 1, slurm_pools): which pool, its role there, what it holds
+    pool: str  # "default" or a slurm_pools name
+    role: str  # current | successor | draining
+    models: list[str]  # models loaded there (its /api/ps), as far as the service knows
+    inflight: int  # requests running on it
+
+
+class PoolDoc(TypedDict, total=False):
+    """One pool of Slurm jobs: ``default`` (the ``slurm_*`` settings) or a ``slurm_pools`` entry."""
+
+    name: str
+    state: str  # a BackendState value: the pool's most advanced job (idle when it has none)
+    message: str  # one sentence about this pool
+    jobs: int  # jobs it runs now (pending ones included)
+    min_jobs: int
+    max_jobs: int
+    gres: str
+    gpu_memory_gb: float  # per job; 0 = not checked
+    models: list[str]  # the models sent to this pool; [] = any model that fits (default pool)
 
 
 class LauncherState(TypedDict, total=False):
@@ -70,6 +89,10 @@ class LauncherState(TypedDict, total=False):
     idle_s: float
     inflight: int
     last_error: str | None
+    # Slurm with several jobs or pools: every job of every pool; ``job``/``successor`` above stay
+    # the default pool's first job (what a one-job service reports), for older readers.
+    jobs: list[JobDoc]
+    pools: list[PoolDoc]
     # admins only
     backend_url: str | None
     job_name: str

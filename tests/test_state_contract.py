@@ -81,6 +81,7 @@ def test_active_states() -> None:
     [
         ("IBackendState", state.StateDoc),
         ("IJob", state.JobDoc),
+        ("IPool", state.PoolDoc),
         ("IQueueTotals", state.QueueTotals),
         ("IUser", state.UserDoc),
     ],

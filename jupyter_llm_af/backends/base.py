@@ -67,6 +67,13 @@ class Backend:
         """
         raise NotImplementedError
 
+    async def endpoint_for(self, deadline: float, worker: str = "") -> Endpoint:
+        """The endpoint of ``worker`` (the job admission placed a request on; "" : any).
+
+        Launchers with one endpoint ignore ``worker``; several Slurm jobs override this.
+        """
+        return await self.ready_endpoint(deadline)
+
     def describe(self, admin: bool = False) -> LauncherState:
         """JSON-able state for ``GET /backend/state`` (the ``backend_url`` only for admins)."""
         return {"kind": self.kind, "state": "ready"}
@@ -105,11 +112,14 @@ class Backend:
         return None
 
     @contextlib.asynccontextmanager
-    async def lease(self, deadline: float, activity: bool = True) -> AsyncIterator[Endpoint]:
-        """``activity=False`` for read-only probes (model lists): they keep no idle job alive."""
+    async def lease(
+        self, deadline: float, activity: bool = True, worker: str = ""
+    ) -> AsyncIterator[Endpoint]:
+        """``activity=False`` for read-only probes (model lists): they keep no idle job alive.
+        ``worker``: the job admission placed the request on (``Ticket.worker``)."""
         if activity:
             self.note_activity()
-        endpoint = await self.ready_endpoint(deadline)
+        endpoint = await self.endpoint_for(deadline, worker)
         f = self._inflight.setdefault(endpoint.key, _InFlight())
         f.count += 1
         f.idle.clear()

@@ -39,6 +39,28 @@ export interface IJob {
   time_limit_s?: number | null;
   estimated_start?: string | null;
   ready?: boolean;
+  /** Several jobs: `default` or a `slurm_pools` name. */
+  pool?: string;
+  /** `current`, `successor` or `draining`. */
+  role?: string;
+  /** Models loaded on this job, as far as the service knows. */
+  models?: string[];
+  /** Requests running on it. */
+  inflight?: number;
+}
+
+/** A pool of Slurm jobs (`state.PoolDoc`). */
+export interface IPool {
+  name: string;
+  state: BackendStateName;
+  message?: string;
+  jobs: number;
+  min_jobs?: number;
+  max_jobs?: number;
+  gres?: string;
+  gpu_memory_gb?: number;
+  /** The models sent to this pool; empty: any model that fits. */
+  models?: string[];
 }
 
 /** Admission-queue counters (`state.QueueTotals`). */
@@ -83,6 +105,9 @@ export interface IBackendState {
   /** Requests in flight on the backend. */
   inflight?: number;
   last_error?: string | null;
+  /** Every Slurm job of every pool (several jobs or pools); `job` stays the default pool's first. */
+  jobs?: IJob[];
+  pools?: IPool[];
   // admins only
   backend_url?: string | null;
   job_name?: string;
