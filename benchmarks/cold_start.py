@@ -7,7 +7,7 @@ Cold start: time from the first request to a ready backend, split into
   slurm        job accepted → batch script running (Slurm's scheduling and launch),
   backend      script running → backend accepting connections (measured by a 10 ms side probe),
   service      the rest: the launcher's own overhead (noticing RUNNING, endpoint file, readiness probe),
-then the first token of a streamed POST /api/generate. The job runs ``tests.ollama_double``.
+then the first token of a streamed POST /api/generate. The job runs ``tests.resources.ollama_double``.
 Handover: clients send requests back to back while the job reaches its renewal window (time limit
 1 min, so about 35 s); prints requests/s, failed requests and the longest pause between completions.
 Runs in well under 3 minutes.

@@ -8,7 +8,7 @@ file the batch script feeds to the node's python3):
 
   fast    benchmarks/proxy_overhead.py's raw asyncio backend: ``--chunks`` NDJSON messages per
           request, at once, one write each (the gateway's worst case: nothing but forwarding)
-  paced   tests/ollama_double.py with ``--delay 0.005`` (a token every 5 ms, as a fast GPU model)
+  paced   tests/resources/ollama_double.py with ``--delay 0.005`` (a token every 5 ms, as a fast GPU model)
 
 One aiohttp client with a pooled keep-alive session (as the service's pass-through uses), sending
 the secret header to the gateways. Per round: 1-stream requests taking turns direct/gateway
@@ -224,7 +224,7 @@ async def run(args: argparse.Namespace) -> None:
             [
                 PY,
                 "-m",
-                "tests.ollama_double",
+                "tests.resources.ollama_double",
                 "--host",
                 "127.0.0.1",
                 "--port",

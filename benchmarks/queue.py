@@ -10,7 +10,7 @@ same run as the baseline.
 
 HTTP (then; ``--no-http`` skips it): ``python -m jupyter_llm_af serve --backend upstream`` with
 ``--users`` tokens (``--token-file``, ``token user`` lines) in front of ``python -m
-tests.ollama_double --delay 0.002``; ``--clients`` concurrent clients (aiohttp, one connection
+tests.resources.ollama_double --delay 0.002``; ``--clients`` concurrent clients (aiohttp, one connection
 each) POST ``/api/generate`` with ``stream: false`` and ``options.num_predict`` 2-4. The same
 burst goes, in turns, to a service with ``max_concurrent = --max-concurrent`` (``queued``: all but
 4 wait) and to one with ``max_concurrent = --clients`` (``baseline``: admitted at once); the
@@ -464,7 +464,7 @@ def run_http(
             [
                 _common.PY,
                 "-m",
-                "tests.ollama_double",
+                "tests.resources.ollama_double",
                 "--port",
                 str(dport),
                 "--delay",
@@ -525,7 +525,7 @@ def run_http(
         port = _common.free_port()
         config = os.path.join(tmp, "pending_config.py")
         command = (
-            f"sleep {pending_s}; exec {shlex.quote(_common.PY)} -m tests.ollama_double "
+            f"sleep {pending_s}; exec {shlex.quote(_common.PY)} -m tests.resources.ollama_double "
             f"--port {{port}} --delay {delay} --models {MODEL}"
         )
         with open(config, "w") as f:
@@ -564,7 +564,7 @@ def _report_http(h: dict[str, Any]) -> str:
     rounds = h["rounds"]
     lines = [
         "",
-        f"HTTP: jupyter-llm-af serve --backend upstream in front of tests.ollama_double "
+        f"HTTP: jupyter-llm-af serve --backend upstream in front of tests.resources.ollama_double "
         f"--delay {h['delay_s']}, {n} concurrent clients (one connection each) from {h['n_users']} "
         f"users, POST /api/generate stream=false num_predict 2-4; {len(rounds)} rounds, order "
         "flipped each round",

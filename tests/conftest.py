@@ -93,7 +93,8 @@ def auth(token: str = TOKEN) -> dict[str, str]:
 def start_double(delay: float = 0.01, models: str = "tiny:1b,small:3b") -> Proc:
     port = free_port()
     return start_process(
-        [PY, "-m", "tests.ollama_double", "--port", str(port), "--delay", str(delay), "--models", models],
+        [PY, "-m", "tests.resources.ollama_double", "--port", str(port), "--delay", str(delay)]
+        + ["--models", models],
         f"http://127.0.0.1:{port}/",
     )
 

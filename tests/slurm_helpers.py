@@ -102,7 +102,7 @@ def job_state(job_id: str) -> str:
 def backend_command(delay: float = 0.01) -> str:
     """The job's backend: the Ollama test double from this checkout, run by this venv's Python."""
     listen = "--host 127.0.0.1 --port $JUPYTER_LLM_AF_PORT"  # loopback only, never 0.0.0.0 in tests
-    return f"{sys.executable} -m tests.ollama_double {listen} --delay {delay}"
+    return f"{sys.executable} -m tests.resources.ollama_double {listen} --delay {delay}"
 
 
 def llama_server_command(model: str = "smollm2:135m", threads: int = 2) -> str:

@@ -345,7 +345,7 @@ def test_never_an_open_proxy(native_service, ollama_double):
 
 def test_user_credentials_never_reach_the_backend():
     """The backend sees neither the user's token nor cookies (a header-echoing backend proves it)."""
-    from .header_echo import start_header_echo
+    from .resources.header_echo import start_header_echo
 
     echo = start_header_echo()
     service = start_standalone("--backend", "upstream", "--upstream-url", echo.url)

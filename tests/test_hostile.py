@@ -1,7 +1,7 @@
 """Hostile and malformed input, and retries before the first byte (issue 14), against the real
 standalone service and a real Jupyter server. Backends: ``tests/resources/hostile_backend.py`` (one
 switchable fault each: cookies, idle-closed keep-alive connections, a stream that dies, a 500 for
-bad input; it records every request it gets), ``tests/ollama_double.py`` as a local launcher's
+bad input; it records every request it gets), ``tests/resources/ollama_double.py`` as a local launcher's
 process, and ``tests/resources/fake_slurm_cli.py`` for the launcher's log events.
 
 Every answer checked here is JSON in the API's own format; no log line holds a token or a
@@ -669,7 +669,7 @@ def test_request_right_after_the_backend_died_is_answered(tmp_path):
     cfg = tmp_path / "local_cfg.py"
     cfg.write_text(
         "c.LLMService.backend = 'local'\n"
-        f"c.LLMService.local_command = [{PY!r}, '-m', 'tests.ollama_double', '--port', '{{port}}', "
+        f"c.LLMService.local_command = [{PY!r}, '-m', 'tests.resources.ollama_double', '--port', '{{port}}', "
         "'--delay', '0.005']\n"
         "c.LLMService.admin_users = ['user']\n"
         "c.LLMService.max_wait = 30\n"

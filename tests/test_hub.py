@@ -53,7 +53,7 @@ def openai_client(hub: hh.Hub, user: str) -> openai.OpenAI:
 
 
 def words(n: int) -> str:
-    from .ollama_double import WORDS
+    from .resources.ollama_double import WORDS
 
     return " ".join(WORDS[i % len(WORDS)] for i in range(n))
 

@@ -29,7 +29,7 @@ def local_service(tmp_path):
     cfg = tmp_path / "cfg.py"
     cfg.write_text(
         "c.LLMService.backend = 'local'\n"
-        f"c.LLMService.local_command = [{sys.executable!r}, '-m', 'tests.ollama_double',"
+        f"c.LLMService.local_command = [{sys.executable!r}, '-m', 'tests.resources.ollama_double',"
         " '--port', '{port}']\n"
         "c.LLMService.admin_users = ['user']\n"
     )
@@ -134,7 +134,7 @@ def test_local_stop_removes_its_log_and_a_failed_backend_keeps_it(tmp_path):
     ok = serve_in(
         tmp_dir,
         "c.LLMService.backend = 'local'\nc.LLMService.admin_users = ['user']\n"
-        f"c.LLMService.local_command = [{sys.executable!r}, '-m', 'tests.ollama_double',"
+        f"c.LLMService.local_command = [{sys.executable!r}, '-m', 'tests.resources.ollama_double',"
         " '--port', '{port}']\n",
         tmp_path / "ok.py",
     )

@@ -1,6 +1,6 @@
 """Slurm launcher against a real one-node Slurm (``.ci/slurm-up.sh``), never a fake sbatch.
 
-The job's backend is the Ollama test double (``tests.ollama_double``) on 127.0.0.1. Every test
+The job's backend is the Ollama test double (``tests.resources.ollama_double``) on 127.0.0.1. Every test
 uses a unique job name and a fixture cancels whatever is left with that name.
 Run: ``pytest -m slurm tests/test_slurm.py`` (as root if the cluster must be started).
 """

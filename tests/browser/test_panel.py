@@ -1,5 +1,5 @@
 """The LLM sidebar in a real JupyterLab, against the real server extension with
-``backend=upstream`` in front of the Ollama test double (``tests/ollama_double.py``)."""
+``backend=upstream`` in front of the Ollama test double (``tests/resources/ollama_double.py``)."""
 
 from __future__ import annotations
 

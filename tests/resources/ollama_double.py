@@ -5,7 +5,7 @@ Slurm jobs. Deterministic text, real timing fields (nanoseconds), NDJSON streami
 token flushed as it is produced, ``done_reason``, ``{"error": ...}`` bodies and 404 for unknown models.
 It also serves a minimal OpenAI ``/v1`` (Ollama has one too).
 
-    python -m tests.ollama_double --host 127.0.0.1 --port 11500 [--models a:1b,b:2b] [--delay 0.01]
+    python -m tests.resources.ollama_double --host 127.0.0.1 --port 11500 [--models a:1b,b:2b] [--delay 0.01]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import json
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .conftest import Proc, free_port, start_process
+from ..conftest import Proc, free_port, start_process
 
 
 class Echo(BaseHTTPRequestHandler):
@@ -29,7 +29,7 @@ class Echo(BaseHTTPRequestHandler):
 
 def start_header_echo() -> Proc:
     port = free_port()
-    return start_process([sys.executable, "-m", "tests.header_echo", str(port)], f"http://127.0.0.1:{port}/")
+    return start_process([sys.executable, "-m", "tests.resources.header_echo", str(port)], f"http://127.0.0.1:{port}/")
 
 
 if __name__ == "__main__":
