@@ -67,6 +67,8 @@ MAX_TRACKED_MODELS = 256
 DEFAULT_WORKER = "default"
 # Memory comparisons tolerate rounding in reported sizes (GB).
 _EPS_GB = 1e-6
+# ``pool_of`` not given: every worker serves every model.
+_ANY = object()
 
 
 def model_key(name: str) -> str:
@@ -80,14 +82,18 @@ class WorkerInfo:
 
     ``gpu_memory_gb`` 0: no memory checks. ``parallel_per_model`` 0: no per-model limit (only
     ``max_concurrent`` / ``max_running``). ``loaded``: models resident now (``/api/ps``) with their
-    size in GB, None when unknown (then ``size_of`` is asked). ``max_running`` 0: no per-worker cap.
+    size in GB, None when unknown (then ``size_of`` is asked); ``loaded=None``: the service cannot
+    list them (an OpenAI-protocol backend), admission keeps its own account. ``max_running`` 0: no
+    per-worker cap. ``pool``: the group of jobs it belongs to (Slurm pools); with ``pool_of`` given
+    to :class:`Admission`, a request only goes to workers of its model's pool.
     """
 
     key: str
     gpu_memory_gb: float = 0.0
     parallel_per_model: int = 0
-    loaded: Mapping[str, float | None] = field(default_factory=dict)
+    loaded: Mapping[str, float | None] | None = field(default_factory=dict)
     max_running: int = 0
+    pool: str = ""
 
 
 @dataclass(slots=True, eq=False)
@@ -135,10 +141,12 @@ class _Worker:
         "last_used",
         "plan",
         "live",
+        "pool",
     )
 
     def __init__(self, key: str):
         self.key = key
+        self.pool = ""
         self.gpu_memory_gb = 0.0
         self.parallel = 0
         self.max_running = 0
@@ -215,7 +223,9 @@ class Admission:
     """Per-(worker, model) slots + GPU memory + fair bounded queue. Use from one event loop.
 
     ``size_of(model)`` gives the GB a model needs once loaded (None: unknown, assumed to fit);
-    ``workers`` the initial backend jobs (default: one unlimited stand-in, see module doc).
+    ``workers`` the initial backend jobs (default: one unlimited stand-in, see module doc);
+    ``pool_of(model)`` the pool whose workers may serve a model (None: no pool can, the request
+    is refused); without it every worker serves every model.
     """
 
     def __init__(
@@ -226,6 +236,7 @@ class Admission:
         *,
         size_of: Callable[[str], float | None] | None = None,
         workers: Iterable[WorkerInfo] | None = None,
+        pool_of: Callable[[str], str | None] | None = None,
     ):
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
@@ -233,6 +244,7 @@ class Admission:
         self.max_queue = max_queue
         self.max_queue_per_user = max_queue_per_user
         self._size_of = size_of
+        self._pool_of = pool_of
         self._ids = itertools.count(1)
         self._running: dict[str, Ticket] = {}
         # Every waiter of a user in arrival order (positions), and per user and model (FIFO per
@@ -286,6 +298,10 @@ class Admission:
             wk.gpu_memory_gb = float(info.gpu_memory_gb)
             wk.parallel = info.parallel_per_model
             wk.max_running = info.max_running
+            wk.pool = info.pool
+            if info.loaded is None:  # the service cannot list them: keep admission's own account
+                seen.add(info.key)
+                continue
             loaded: dict[str, float] = {}
             for name, size in info.loaded.items():
                 key = model_key(name)
@@ -432,12 +448,24 @@ class Admission:
     def _check_fits_somewhere(self, model: str, key: str) -> None:
         """A model larger than every worker's GPU would wait forever: refuse it now."""
         size = self._size(key)
-        if not size or not self._live:
+        pool = self._route(key)
+        if pool is None:  # no pool serves it (the service says why before asking admission)
+            biggest = max((wk.gpu_memory_gb for wk in self._live), default=0.0)
+            why = check_fits(model, size, biggest) if size else None
+            raise BadRequest(
+                why or f"no backend job can serve model '{model}'", param="model", code="model_too_large"
+            )
+        live = [wk for wk in self._live if pool is _ANY or wk.pool == pool]
+        if not size or not live:
             return
-        biggest = max(wk.gpu_memory_gb for wk in self._live)
-        if any(wk.gpu_memory_gb <= 0 for wk in self._live) or size <= biggest + _EPS_GB:
+        biggest = max(wk.gpu_memory_gb for wk in live)
+        if any(wk.gpu_memory_gb <= 0 for wk in live) or size <= biggest + _EPS_GB:
             return
         raise BadRequest(check_fits(model, size, biggest) or "", param="model", code="model_too_large")
+
+    def _route(self, key: str) -> str | None | object:
+        """The pool serving ``key`` (``_ANY``: no pools, every worker; None: none serves it)."""
+        return _ANY if self._pool_of is None else self._pool_of(key)
 
     # -- placement -------------------------------------------------------------------------
     def _frozen(self, wk: _Worker, key: str, seq: int) -> bool:
@@ -448,7 +476,12 @@ class Admission:
         """Where a request for ``key`` (arrived as ``seq``) can run now, or None."""
         best: _Worker | None = None
         loaded_somewhere = False
+        pool = self._route(key)
+        if pool is None:
+            return None
         for wk in self._live:  # every request's path: kept flat
+            if pool is not _ANY and wk.pool != pool:
+                continue
             running = wk.running
             if key in running:
                 if wk.parallel and running[key] >= wk.parallel:
@@ -471,6 +504,8 @@ class Admission:
         choice: _Placement | None = None
         rank: tuple[bool, int] | None = None
         for wk in self._live:
+            if pool is not _ANY and wk.pool != pool:
+                continue
             if wk.has(key) or (wk.plan is not None and wk.plan.model != key):
                 continue
             if wk.max_running and wk.total >= wk.max_running:
@@ -515,7 +550,10 @@ class Admission:
             self._make_plan(key)
 
     def _loaded_anywhere(self, key: str) -> bool:
+        pool = self._route(key) if self._pool_of is not None else _ANY
         for wk in self._live:
+            if pool is not _ANY and wk.pool != pool:
+                continue
             if key in wk.loaded or key in wk.running:
                 return True
         return False
@@ -524,7 +562,10 @@ class Admission:
         size = self._size(key)
         best: tuple[int, int, int] | None = None
         best_plan: tuple[_Worker, tuple[str, ...]] | None = None
+        pool = self._route(key)
         for wk in self._live:
+            if pool is not _ANY and wk.pool != pool:
+                continue
             if wk.plan is not None or wk.gpu_memory_gb <= 0 or size > wk.gpu_memory_gb + _EPS_GB:
                 continue
             free = wk.gpu_memory_gb - wk.used_gb()
@@ -812,11 +853,13 @@ class Admission:
     def _capacity(self, key: str) -> int:
         """Requests for ``key`` that can run at once where it is loaded (where it would load)."""
         slots = 0
-        for wk in self._live:
+        pool = self._route(key) if self._pool_of is not None else _ANY
+        live = [wk for wk in self._live if pool is _ANY or wk.pool == pool] or self._live
+        for wk in live:
             if wk.has(key):
-                slots += wk.parallel or self._max_concurrent
+                slots += wk.parallel or wk.max_running or self._max_concurrent
         if not slots:
-            slots = max((wk.parallel or self._max_concurrent for wk in self._live), default=1)
+            slots = max((wk.parallel or wk.max_running or self._max_concurrent for wk in live), default=1)
         return max(1, min(slots, self._max_concurrent))
 
     def estimate_retry_after(self, ahead: int | None = None, model: str | None = None) -> int:
@@ -858,6 +901,17 @@ class Admission:
             key = model_key(model)
             heads = [mq[0] for models in self._per_user.values() if (mq := models.get(key))]
         return max((now - w.ticket.enqueued_at for w in heads), default=0.0)
+
+    def waiting_models(self) -> dict[str, tuple[int, float]]:
+        """Per model with waiting requests: (how many wait, how long the oldest has waited, s).
+        What a launcher reads to decide to scale out (per pool). O(users × models)."""
+        now = time.monotonic()
+        out: dict[str, tuple[int, float]] = {}
+        for models in self._per_user.values():
+            for key, mq in models.items():
+                count, oldest = out.get(key, (0, 0.0))
+                out[key] = (count + len(mq), max(oldest, now - mq[0].ticket.enqueued_at))
+        return out
 
     @property
     def waiting(self) -> int:

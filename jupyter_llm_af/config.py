@@ -342,6 +342,54 @@ class LLMService(Configurable):
         help="After a rejected sbatch, seconds before a request may trigger another submission.",
     )
 
+    # -- Slurm: several jobs and pools ---------------------------------------------------------
+    slurm_max_jobs = Int(
+        1,
+        config=True,
+        help="""Most jobs the default pool runs at once. 1 (default): one job, renewed before its
+        time limit. More: a further job is started when demand stays above what the running jobs
+        serve (``slurm_scale_out_*``); each job has its own renewal, handover and idle release
+        (``idle_timeout``). Job names: ``slurm_job_name`` for the first, then ``<name>-2``, …""",
+    )
+    slurm_min_jobs = Int(
+        0,
+        config=True,
+        help="""Jobs of the default pool kept running whatever the demand (never idle-released;
+        an admin's stop lets them go until the next request or start). 0: none while idle.""",
+    )
+    slurm_scale_out_wait = Float(
+        30.0,
+        config=True,
+        help="""Scale out when the oldest request waiting in the queue for a pool's models has
+        waited this many seconds (sustained for ``slurm_scale_out_after``). 0: not by wait.""",
+    )
+    slurm_scale_out_depth = Int(
+        0,
+        config=True,
+        help="""Scale out when this many requests per running job of a pool wait in the queue
+        (sustained for ``slurm_scale_out_after``). 0: not by depth.""",
+    )
+    slurm_scale_out_after = Float(
+        60.0,
+        config=True,
+        help="""Seconds the demand must stay over a threshold (wait or depth) without a break
+        before one more job is started: a burst of a few seconds starts nothing. One job at a time
+        per pool is started; the next only once it serves.""",
+    )
+    slurm_pools = Dict(
+        {},
+        config=True,
+        help="""Pools of jobs with other resources, by name, for models the default job cannot hold,
+        e.g. {"large": {"gres": "gpu:a100:2", "gpu_memory_gb": 80, "models": ["llama3.3:70b"],
+        "max_jobs": 1}}. A model a pool lists goes to that pool; a model larger than
+        ``gpu_memory_gb`` goes to the first pool whose ``gpu_memory_gb`` holds it (refused only when
+        none does). Each pool may override any per-job setting (partition, account, qos, gres,
+        time_limit, extra_directives, batch_script, backend_command, backend_env (merged over
+        ``slurm_backend_env``), ready_path, gateway, renew_before, idle_timeout,
+        backend_ready_timeout), and has max_jobs (default 1) and min_jobs (default 0). Job names:
+        ``<slurm_job_name>-<pool>-1``, …""",
+    )
+
     @default("backend")
     def _default_backend(self) -> str:
         return "relay" if os.environ.get("JUPYTER_LLM_AF_SHARED_URL") else "local"

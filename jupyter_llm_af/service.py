@@ -18,6 +18,7 @@ from . import __version__, embedded, modelfit
 from .admission import Admission, WorkerInfo
 from .backends.base import Backend, Endpoint
 from .backends.local import LocalProcessBackend
+from .backends.slurm_fleet import SlurmFleet, job_capacity
 from .backends.upstream import UpstreamBackend
 from .catalogue import ModelCatalogue
 from .errors import BackendUnavailable, UpstreamError
@@ -73,19 +74,38 @@ class LLMCore:
         # lets every model that can be loaded at once run its slots: a short embedding need not
         # wait behind another model's long generations.
         loaded_at_once = self._models_loaded_at_once()
-        self.admission = Admission(
-            cfg.max_concurrent or self.parallelism * loaded_at_once,
-            cfg.max_queue,
-            cfg.max_queue_per_user,
-            size_of=self._model_size_gb,
-            workers=[
-                WorkerInfo(
-                    key="default",
-                    gpu_memory_gb=cfg.gpu_memory_gb,
-                    parallel_per_model=self.parallelism if loaded_at_once > 1 else 0,
-                )
-            ],
-        )
+        fleet = self.backend if isinstance(self.backend, SlurmFleet) else None
+        if fleet is None:
+            self.admission = Admission(
+                cfg.max_concurrent or self.parallelism * loaded_at_once,
+                cfg.max_queue,
+                cfg.max_queue_per_user,
+                size_of=self._model_size_gb,
+                workers=[
+                    WorkerInfo(
+                        key="default",
+                        gpu_memory_gb=cfg.gpu_memory_gb,
+                        parallel_per_model=self.parallelism if loaded_at_once > 1 else 0,
+                    )
+                ],
+            )
+        else:
+            # Several jobs: each worker (job) runs what its backend runs at once; the overall cap
+            # lets every job of every pool do so.
+            lanes = sum(p.max_jobs for p in fleet.fleet.pools)
+            pools = fleet.fleet.pools
+            per_job = max(job_capacity(p.settings.backend_env, self.parallelism)[1] for p in pools)
+            self.admission = Admission(
+                cfg.max_concurrent or per_job * lanes,
+                cfg.max_queue,
+                cfg.max_queue_per_user,
+                size_of=self._model_size_gb,
+                workers=fleet.workers(),
+                pool_of=fleet.pool_for,
+            )
+            fleet.on_workers = self.admission.set_workers
+            fleet.demand = self._pool_demand
+            fleet.worker_models = self._worker_models
         # backend URL → {path: served natively?}, probed on first use (pipeline._serves)
         self.capabilities: dict[str, dict[str, bool]] = {}
         self.telemetry = Telemetry.from_config(cfg, version=__version__)
@@ -105,6 +125,20 @@ class LLMCore:
         value = str(env.get("OLLAMA_MAX_LOADED_MODELS", "3"))
         return int(value) if value.isdigit() and int(value) > 0 else 3
 
+    def _pool_demand(self, pool: str) -> tuple[int, float]:
+        """Requests waiting for the models of ``pool`` and the oldest one's wait (scale-out)."""
+        fleet = self.backend
+        assert isinstance(fleet, SlurmFleet)
+        waiting, oldest = 0, 0.0
+        for model, (count, longest) in self.admission.waiting_models().items():
+            if fleet.pool_for(model) == pool:
+                waiting += count
+                oldest = max(oldest, longest)
+        return waiting, oldest
+
+    def _worker_models(self) -> dict[str, list[str]]:
+        return {w["key"]: list(w["models"]) for w in self.admission.workers()}
+
     def _model_size_gb(self, model: str) -> float | None:
         return modelfit.model_size_gb(model, self.cfg.model_sizes_gb, self.catalogue.sizes_bytes.get(model))
 
@@ -120,12 +154,18 @@ class LLMCore:
                 backend.kind = "relay"
             return backend
         if cfg.backend == "slurm":
-            from .backends.slurm import SlurmBackend
-
             env_parallel = (cfg.slurm_backend_env or {}).get("OLLAMA_NUM_PARALLEL")
             if env_parallel and str(env_parallel).isdigit():
                 self.parallelism = int(env_parallel)
-            return SlurmBackend.from_config(cfg, runtime_dir=self.runtime_dir)
+            protocol = cfg.backend_protocol if cfg.backend_protocol != "auto" else "ollama"
+            # one job (today's launcher) unless slurm_max_jobs / slurm_min_jobs / slurm_pools ask for more
+            return SlurmFleet.from_config(
+                cfg,
+                runtime_dir=self.runtime_dir,
+                size_of=self._model_size_gb,
+                ollama=protocol == "ollama",
+                default_parallel=self.parallelism,
+            )
         return self._build_local(model_meta)
 
     def _build_local(self, model_meta: dict) -> Backend:
@@ -214,7 +254,9 @@ class LLMCore:
         return self.catalogue.names[0] if self.catalogue.names else None
 
     def model_fit_error(self, model: str) -> str | None:
-        """A sentence if ``model`` can never fit the GPU, else None (unknown sizes pass)."""
+        """A sentence if ``model`` can never fit the GPU (of any pool), else None (unknown sizes pass)."""
+        if isinstance(self.backend, SlurmFleet) and isinstance(model, str):
+            return self.backend.fit_error(model)
         gpu = self.cfg.gpu_memory_gb
         if not gpu or not isinstance(model, str):
             return None
@@ -230,7 +272,16 @@ class LLMCore:
             n: modelfit.model_size_gb(n, self.cfg.model_sizes_gb, self.catalogue.sizes_bytes.get(n))
             for n in names
         }
-        return modelfit.fits_together(sizes, gpu)
+        summary = modelfit.fits_together(sizes, gpu)
+        fleet = self.backend
+        if isinstance(fleet, SlurmFleet) and len(fleet.fleet.pools) > 1:
+            # a model too big for the default job is served by the pool it goes to
+            for entry in summary["models"]:
+                pool = fleet.pool_for(entry["name"])
+                entry["pool"] = pool
+                if pool not in (None, "default"):
+                    entry["fits"] = fleet.fit_error(entry["name"]) is None
+        return summary
 
     async def relay_json(self, method: str, path: str) -> tuple[int, Any]:
         """backend='relay': ask the shared service (as this user) for its state/queue/control."""

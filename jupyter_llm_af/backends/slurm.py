@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 
 from ..errors import BackendUnavailable
-from ..state import BackendState, LauncherState
+from ..state import BackendState, JobDoc, LauncherState
 from . import slurm_messages as msg
 from .base import Backend, ControlNotSupported, Endpoint
 from .slurm_cli import JobInfo, JobPhase, SlurmCLI, SlurmError, SlurmOps, SlurmSubmitError
@@ -105,6 +105,8 @@ class SlurmBackend(Backend):
         # the service's telemetry (Telemetry.slurm_event): submitted, ready, handover, released, ...
         self.on_event: Callable[..., None] | None = None
         self.jobs_seen: dict[str, SlurmJob] = {}  # every job tracked, by id (events for benchmarks)
+        # kept running whatever the demand (a fleet's slurm_min_jobs): never idle-released
+        self.pinned = False
 
     # -- construction from the service's settings ----------------------------------------------
     @classmethod
@@ -316,6 +318,31 @@ class SlurmBackend(Backend):
             return 30
         return 10
 
+    def job_docs(self) -> list[JobDoc]:
+        """Every job this launcher tracks, with its role and the requests running on it."""
+        reachable = self._slurm_ok is not False
+        roles = [(self._current, "current"), (self._successor, "successor")]
+        roles += [(j, "draining") for j in self._draining.values()]
+        docs: list[JobDoc] = []
+        for job, role in roles:
+            if job is not None:
+                doc = job_doc(job, reachable)
+                doc["role"] = role
+                doc["inflight"] = self.inflight(job.id)
+                docs.append(doc)
+        return docs
+
+    @property
+    def has_job(self) -> bool:
+        """A job is submitted, pending, starting or serving (or sbatch runs)."""
+        return self._submitting or bool(self._tracked_jobs())
+
+    def request_start(self) -> None:
+        """Submit a job now if there is none (a fleet scaling out); the idle clock starts now."""
+        self.note_activity()
+        self._start_requested = True
+        self._wake.set()
+
     def _tracked_jobs(self) -> list[SlurmJob]:
         jobs = [j for j in (self._current, self._successor) if j is not None]
         return jobs + [j for j in self._draining.values() if j not in jobs]
@@ -349,7 +376,7 @@ class SlurmBackend(Backend):
                 await asyncio.wait_for(self._wake.wait(), max(0.05, interval))
 
     def _wanted(self) -> bool:
-        return self._waiters > 0 or self._start_requested
+        return self._waiters > 0 or self._start_requested or self.pinned
 
     async def _tick(self) -> float:
         """Ask Slurm, update every tracked job, decide; return seconds until the next tick."""
@@ -641,7 +668,7 @@ class SlurmBackend(Backend):
         left = cur.info.time_left_now()
         if left is None or math.isinf(left) or left >= self._renew_window(cur):
             return False
-        active = self.inflight() > 0 or now - self.last_activity < self.settings.idle_timeout
+        active = self.pinned or self.inflight() > 0 or now - self.last_activity < self.settings.idle_timeout
         return active
 
     async def _submit(self, *, successor: bool) -> None:

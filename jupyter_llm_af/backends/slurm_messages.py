@@ -141,3 +141,39 @@ def state_dir_unwritable(path: str, error: OSError) -> str:
 
 def sbatch_unreachable(detail: str) -> str:
     return f"sbatch could not reach Slurm: {detail}"
+
+
+_SERVING = (BackendState.READY, BackendState.RENEWING, BackendState.DRAINING)
+_COMING = (BackendState.SUBMITTING, BackendState.PENDING, BackendState.STARTING)
+
+
+def pool_message(
+    name: str,
+    states: Sequence[BackendState],
+    max_jobs: int,
+    min_jobs: int,
+    models: Sequence[str],
+    scaling: str = "",
+    first_lane_message: str = "",
+) -> str:
+    """One sentence about a pool of jobs for the panel: how many run, in which state, and why it
+    grows. ``states``: the state of each lane that has a job; ``scaling``: why one more is starting."""
+    label = "Default pool" if name == "default" else f"Pool {name}"
+    if not states:
+        what = f"the first request for {', '.join(sorted(models))}" if models else "the first request"
+        if first_lane_message and not first_lane_message.startswith("No GPU job"):
+            return f"{label}: {first_lane_message}"
+        kept = f"; keeps {min_jobs} running" if min_jobs else ""
+        return f"{label}: no job (one starts on {what}; up to {max_jobs}){kept}"
+    serving = sum(1 for s in states if s in _SERVING)
+    coming = [s.value for s in states if s in _COMING]
+    jobs = len(states)
+    text = f"{label}: {jobs} job{'s' if jobs != 1 else ''} of at most {max_jobs}, {serving} serving"
+    if coming:
+        text += f", {len(coming)} {'/'.join(sorted(set(coming)))}"
+    other = [s.value for s in states if s in (BackendState.FAILED, BackendState.UNKNOWN)]
+    if other:
+        text += f", {len(other)} {'/'.join(sorted(set(other)))}"
+    if scaling:
+        text += f" ({scaling})"
+    return text

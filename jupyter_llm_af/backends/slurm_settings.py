@@ -143,3 +143,146 @@ class SlurmSettings:
         )
         values.update(overrides)
         return cls(**values)
+
+
+# Per-job settings a pool may override (slurm_pools entries), by their SlurmSettings field name;
+# the slurm_* trait names are accepted too (``slurm_gres`` = ``gres``).
+POOL_JOB_FIELDS = frozenset(
+    {
+        "backend_command",
+        "backend_env",
+        "partition",
+        "account",
+        "qos",
+        "gres",
+        "time_limit",
+        "extra_directives",
+        "batch_script",
+        "renew_before",
+        "idle_timeout",
+        "backend_ready_timeout",
+        "ready_path",
+        "gateway",
+        "warm_timeout",
+        "warm_keep_alive",
+    }
+)
+POOL_OWN_FIELDS = frozenset({"models", "max_jobs", "min_jobs", "gpu_memory_gb"})
+DEFAULT_POOL = "default"
+
+
+@dataclass
+class PoolSpec:
+    """One pool of jobs: the default one (the ``slurm_*`` settings) or a ``slurm_pools`` entry."""
+
+    name: str
+    settings: SlurmSettings  # per job; the lanes' job names are derived from settings.job_name
+    max_jobs: int = 1
+    min_jobs: int = 0
+    gpu_memory_gb: float = 0.0  # per job; 0: no fit checks
+    models: frozenset[str] = frozenset()  # listed models go here; empty: whatever fits (default)
+
+    def lane_name(self, index: int, base: str) -> str:
+        """Job name of lane ``index`` (1-based): the default pool's first lane keeps ``base``, so
+        a running site's job is adopted after an upgrade; others are ``base-2``, ``base-large-1``."""
+        if self.name == DEFAULT_POOL:
+            return base if index == 1 else f"{base}-{index}"
+        return f"{base}-{self.name}-{index}"
+
+
+@dataclass
+class FleetSettings:
+    """How many jobs, when to grow and shrink, and the pools (``slurm_max_jobs``, ``slurm_pools``…)."""
+
+    pools: list[PoolSpec]  # the default pool first
+    scale_out_wait: float = 30.0  # the oldest waiting request has waited this long…
+    scale_out_depth: int = 0  # …or this many wait per job of the pool (0: off)…
+    scale_out_after: float = 60.0  # …for this long without a break: start one more job
+    base_name: str = "jupyter-llm-af"
+
+    @property
+    def single(self) -> bool:
+        """Today's one job (with renewal): no fleet needed."""
+        default = self.pools[0]
+        return len(self.pools) == 1 and default.max_jobs <= 1 and default.min_jobs <= 0
+
+    def pool(self, name: str) -> PoolSpec:
+        for pool in self.pools:
+            if pool.name == name:
+                return pool
+        raise KeyError(name)
+
+    @classmethod
+    def from_config(cls, cfg: Any, default: SlurmSettings) -> FleetSettings:
+        """Read ``slurm_max_jobs``, ``slurm_min_jobs``, ``slurm_scale_out_*`` and ``slurm_pools``."""
+        max_jobs, min_jobs = int(cfg.slurm_max_jobs), int(cfg.slurm_min_jobs)
+        if max_jobs < 1:
+            raise ValueError("slurm_max_jobs must be at least 1")
+        if not 0 <= min_jobs <= max_jobs:
+            raise ValueError(f"slurm_min_jobs must be between 0 and slurm_max_jobs ({max_jobs})")
+        pools = [
+            PoolSpec(
+                DEFAULT_POOL,
+                default,
+                max_jobs=max_jobs,
+                min_jobs=min_jobs,
+                gpu_memory_gb=float(cfg.gpu_memory_gb or 0.0),
+            )
+        ]
+        for name, entry in dict(cfg.slurm_pools or {}).items():
+            pools.append(pool_from_entry(str(name), entry, default))
+        return cls(
+            pools=pools,
+            scale_out_wait=float(cfg.slurm_scale_out_wait),
+            scale_out_depth=int(cfg.slurm_scale_out_depth),
+            scale_out_after=float(cfg.slurm_scale_out_after),
+            base_name=default.job_name,
+        )
+
+
+def pool_from_entry(name: str, entry: Any, default: SlurmSettings) -> PoolSpec:
+    """One ``slurm_pools`` entry → a :class:`PoolSpec`; unknown keys are an error (typos cost GPUs)."""
+    if not name or not all(c.isalnum() or c in "-_" for c in name) or name == DEFAULT_POOL:
+        raise ValueError(f"slurm_pools: {name!r} is not a valid pool name (letters, digits, - and _)")
+    if not isinstance(entry, dict):
+        raise ValueError(f"slurm_pools[{name!r}] must be a dict of settings")
+    job: dict[str, Any] = {}
+    own: dict[str, Any] = {}
+    for raw_key, value in entry.items():
+        key = str(raw_key)
+        key = key[len("slurm_") :] if key.startswith("slurm_") else key
+        if key in POOL_JOB_FIELDS:
+            job[key] = value
+        elif key in POOL_OWN_FIELDS:
+            own[key] = value
+        else:
+            known = ", ".join(sorted(POOL_JOB_FIELDS | POOL_OWN_FIELDS))
+            raise ValueError(f"slurm_pools[{name!r}]: unknown setting {raw_key!r} (known: {known})")
+    if "backend_env" in job:
+        job["backend_env"] = {**default.backend_env, **dict(job["backend_env"])}
+    if "warm_keep_alive" not in job and "backend_env" in job:
+        job["warm_keep_alive"] = ""  # from this pool's OLLAMA_KEEP_ALIVE
+    if "ready_path" not in job and "backend_command" in job:
+        job["ready_path"] = "auto"  # picked again for this pool's command
+    settings = SlurmSettings(**{**_fields(default), **job})
+    max_jobs = int(own.get("max_jobs", 1))
+    min_jobs = int(own.get("min_jobs", 0))
+    if max_jobs < 1 or not 0 <= min_jobs <= max_jobs:
+        raise ValueError(f"slurm_pools[{name!r}]: need 0 <= min_jobs <= max_jobs and max_jobs >= 1")
+    models = own.get("models", [])
+    if isinstance(models, str) or not all(isinstance(m, str) for m in models):
+        raise ValueError(f"slurm_pools[{name!r}]['models'] must be a list of model names")
+    return PoolSpec(
+        name,
+        settings,
+        max_jobs=max_jobs,
+        min_jobs=min_jobs,
+        gpu_memory_gb=float(own.get("gpu_memory_gb", 0.0) or 0.0),
+        models=frozenset(models),
+    )
+
+
+def _fields(settings: SlurmSettings) -> dict[str, Any]:
+    from dataclasses import fields
+
+    return {f.name: getattr(settings, f.name) for f in fields(settings)}

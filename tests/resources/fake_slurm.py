@@ -43,6 +43,7 @@ class FakeBackendServer:
     def __init__(self, secret: str | None = None) -> None:
         self.secret = secret
         self.healthy = True
+        self.models: list[dict[str, object]] = []  # what its /api/ps lists (Ollama's fields)
         self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers)
         self._server: asyncio.base_events.Server | None = None
         self.port = 0
@@ -73,7 +74,7 @@ class FakeBackendServer:
             if self.secret is not None and headers.get(SECRET_HEADER.lower()) != self.secret:
                 status, body = 401, b'{"error": "this port only serves the LLM service"}'
             elif path == "/api/ps":
-                status, body = 200, json.dumps({"models": []}).encode()
+                status, body = 200, json.dumps({"models": self.models}).encode()
             elif self.healthy:
                 status, body = 200, b"Ollama is running"
             else:
