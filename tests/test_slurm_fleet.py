@@ -203,7 +203,7 @@ async def test_placement_prefers_the_job_with_the_model_else_the_least_loaded(ma
     server.models = [{"name": "coder:7b", "model": "coder:7b", "size": 5e9, "size_vram": 5e9}]
     # the fleet reads each job's /api/ps and tells admission what is loaded where
     await until(lambda: second.loaded == {"coder:7b": 5.0})
-    models_at = lambda key: {w["key"]: w["models"] for w in core.admission.workers()}[key]  # noqa: E731
+    models_at = lambda key: {w["key"]: w["models"] for w in core.admission.workers()}.get(key)  # noqa: E731
     await until(lambda: models_at(second.name) == {"coder:7b": 0})
 
     held = asyncio.create_task(request(core, "coder:7b", 0.5))
