@@ -227,7 +227,8 @@ class SlurmFleet(Backend):
                 chosen = [lane for lane in lanes if lane.has_job][:1] or lanes[:1]
             parallel, max_running = self._capacity[pool.name]
             for lane in chosen:
-                loaded = dict(lane.loaded) if lane.loaded is not None else None
+                # no job serving: nothing is loaded there (a released job's models went with it)
+                loaded = {} if not lane.serving else dict(lane.loaded) if lane.loaded is not None else None
                 infos.append(
                     WorkerInfo(
                         lane.name,
