@@ -8,7 +8,8 @@ either out from the state name.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from IPython.display import display
@@ -117,7 +118,124 @@ def status_markdown(state: Mapping[str, Any], queue_doc: Mapping[str, Any]) -> s
     totals = queue_doc.get("totals") or state.get("queue") or {}
     if totals:
         lines.append(f"**Everyone:** {totals.get('running', 0)} running, {totals.get('waiting', 0)} waiting")
-    return "  \n".join(lines)
+    text = "  \n".join(lines)
+    jobs = jobs_markdown(state)
+    return f"{text}\n\n{jobs}" if jobs else text
+
+
+# -- several Slurm jobs and pools (the panel's "GPU jobs" section says the same) ---------------------
+
+PoolView = tuple[str, Mapping[str, Any] | None, list[Mapping[str, Any]]]
+
+# Slurm pending reasons worth no words
+_NO_REASON = {"", "none", "n/a"}
+
+
+def _duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``3 h 12 min``, ``2 d 5 h`` (as the panel writes durations)."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    minutes = s // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, rest = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {rest} min" if rest else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def _clock(value: Any) -> str | None:
+    """A server time (ISO 8601) as the reader's local ``HH:MM``; None for Slurm's "N/A" and the like."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when.astimezone().strftime("%H:%M")
+
+
+def pool_views(state: Mapping[str, Any]) -> list[PoolView] | None:
+    """The pools of a service with several Slurm jobs or pools, each as (name, pool doc, its jobs) in
+    the server's order (jobs of a pool the state does not list get one of their own, doc None).
+    None for a one-job service — no ``jobs``/``pools``, or one job and one default pool of at most
+    one job — which ``%llm status`` shows as it always did."""
+    pools: Sequence[Mapping[str, Any]] = state.get("pools") or []
+    listed: Sequence[Mapping[str, Any]] = state.get("jobs") or []
+    one_job = (
+        len(listed) <= 1
+        and len(pools) <= 1
+        and all(p.get("name") == "default" and (p.get("max_jobs") or 1) <= 1 for p in pools)
+    )
+    if one_job:
+        return None
+    jobs = listed or [j for j in (state.get("job"), state.get("successor")) if j]
+    views: list[PoolView] = [(str(p.get("name")), p, []) for p in pools]
+    for job in jobs:
+        name = str(job.get("pool") or "default")
+        view = next((v for v in views if v[0] == name), None)
+        if view is None:
+            view = (name, None, [])
+            views.append(view)
+        view[2].append(job)
+    return views
+
+
+def pool_heading(pool: Mapping[str, Any]) -> str:
+    """``1/2 jobs · min 1 · gpu:a100:2 · 80 GB each`` and the models sent there: counts and what its jobs get."""
+    count, most = pool.get("jobs") or 0, pool.get("max_jobs") or 0
+    noun = "jobs" if most or count != 1 else "job"
+    parts = [f"{count}{f'/{most}' if most else ''} {noun}"]
+    if pool.get("min_jobs"):
+        parts.append(f"min {pool['min_jobs']}")
+    if pool.get("gres"):
+        parts.append(str(pool["gres"]))
+    if pool.get("gpu_memory_gb"):
+        parts.append(f"{pool['gpu_memory_gb']:g} GB each")
+    if pool.get("models"):
+        parts.append(", ".join(f"`{m}`" for m in pool["models"]))
+    return " · ".join(parts)
+
+
+def job_line(job: Mapping[str, Any]) -> str:
+    """``running · gpu017 · 3 h 12 min left · `gemma3:27b` · 2 in flight``; the role when not current."""
+    state = str(job.get("state") or "unknown").lower()
+    reason = str(job.get("reason") or "").strip()
+    parts = [f"{state} ({reason})" if state == "pending" and reason.lower() not in _NO_REASON else state]
+    if job.get("node"):
+        parts.append(str(job["node"]))
+    estimated = _clock(job.get("estimated_start"))
+    if estimated and not job.get("started_at"):
+        parts.append(f"est. start {estimated}")
+    if isinstance(job.get("time_left_s"), (int, float)):
+        parts.append(f"{_duration(job['time_left_s'])} left")
+    if job.get("models"):
+        parts.append(", ".join(f"`{m}`" for m in job["models"]))
+    if isinstance(job.get("inflight"), int):
+        parts.append(f"{job['inflight']} in flight")
+    if job.get("role") and job["role"] != "current":
+        parts.append(str(job["role"]))
+    return " · ".join(parts)
+
+
+def jobs_markdown(state: Mapping[str, Any]) -> str:
+    """Every Slurm job of every pool as a Markdown list (the pool's own sentence from the server);
+    empty for a one-job service."""
+    views = pool_views(state)
+    if views is None:
+        return ""
+    lines = ["**GPU jobs:**", ""]
+    for name, pool, jobs in views:
+        head = f"- `{name}`"
+        if pool is not None:
+            head += f" ({pool_heading(pool)})"
+            if pool.get("message"):
+                head += f": {pool['message']}"
+        lines.append(head)
+        lines.extend(f"  - job `{job.get('id')}`: {job_line(job)}" for job in jobs)
+    return "\n".join(lines)
 
 
 def models_markdown(

@@ -7,8 +7,10 @@
 
 import type {
   BackendKind,
+  IBackendState,
   IGpuFit,
   IJob,
+  IPool,
   IModelTag,
   IQueueEntry,
   IQueueHistory,
@@ -146,6 +148,100 @@ export function jobFacts(job: IJob, now: Date = new Date()): [string, string][] 
     facts.push(['Time limit', formatDuration(job.time_limit_s)]);
   }
   return facts;
+}
+
+/** A pool of Slurm jobs with its jobs, as the panel lists them; `pool` null when the state names no such pool. */
+export interface IPoolView {
+  name: string;
+  pool: IPool | null;
+  jobs: IJob[];
+}
+
+/** The pool a job belongs to: jobs from a service that does not say are the default pool's. */
+const poolOf = (job: IJob): string => job.pool || 'default';
+
+/**
+ * The pools of a service that runs several Slurm jobs or pools, each with its jobs (the server's
+ * order; jobs of pools the state does not list get a pool of their own, last). Null for a one-job
+ * service — no `jobs`/`pools`, or one job and one default pool of at most one job — which the
+ * panel shows as it always did.
+ */
+export function poolViews(state: IBackendState): IPoolView[] | null {
+  const pools = state.pools ?? [];
+  const jobs = state.jobs ?? [state.job, state.successor].filter((job): job is IJob => !!job);
+  const oneJob =
+    (state.jobs ?? []).length <= 1 &&
+    pools.length <= 1 &&
+    pools.every(pool => pool.name === 'default' && (pool.max_jobs ?? 1) <= 1);
+  if (oneJob) {
+    return null;
+  }
+  const views: IPoolView[] = pools.map(pool => ({ name: pool.name, pool, jobs: [] }));
+  for (const job of jobs) {
+    let view = views.find(v => v.name === poolOf(job));
+    if (!view) {
+      view = { name: poolOf(job), pool: null, jobs: [] };
+      views.push(view);
+    }
+    view.jobs.push(job);
+  }
+  return views;
+}
+
+/** A pool's job count beside its name: "1/2 jobs", "1 job" when it has no maximum. */
+export function poolJobsText(pool: IPool): string {
+  const max = typeof pool.max_jobs === 'number' && pool.max_jobs > 0 ? `/${pool.max_jobs}` : '';
+  const noun = max || pool.jobs !== 1 ? 'jobs' : 'job';
+  return `${pool.jobs}${max} ${noun}`;
+}
+
+/** A pool's minimum and what its jobs get and serve: "min 1 · gpu:a100:2 · 80 GB each · llama3.3:70b". */
+export function poolDetails(pool: IPool): string {
+  const parts: string[] = [];
+  if (pool.min_jobs) {
+    parts.push(`min ${pool.min_jobs}`);
+  }
+  if (pool.gres) {
+    parts.push(pool.gres);
+  }
+  if (typeof pool.gpu_memory_gb === 'number' && pool.gpu_memory_gb > 0) {
+    parts.push(`${pool.gpu_memory_gb} GB each`);
+  }
+  if (pool.models && pool.models.length > 0) {
+    parts.push(pool.models.join(', '));
+  }
+  return parts.join(' · ');
+}
+
+/**
+ * One job of a pool as the parts of its line after the id, e.g. ["running", "gpu017",
+ * "3 h 12 min left", "gemma3:27b, all-minilm", "2 in flight"], or ["pending (Resources)",
+ * "est. start 10:42", "successor"]. The role is named only when the job is not the pool's current one.
+ */
+export function jobLine(job: IJob, now: Date = new Date()): string[] {
+  const state = (job.state || 'unknown').toLowerCase();
+  const reason = (job.reason ?? '').trim();
+  const parts = [state === 'pending' && !NO_REASON.has(reason.toLowerCase()) ? `${state} (${reason})` : state];
+  if (job.node) {
+    parts.push(job.node);
+  }
+  const estimated = parseTime(job.estimated_start);
+  if (!job.started_at && estimated) {
+    parts.push(`est. start ${formatClock(estimated, now)}`);
+  }
+  if (typeof job.time_left_s === 'number') {
+    parts.push(`${formatDuration(job.time_left_s)} left`);
+  }
+  if (job.models && job.models.length > 0) {
+    parts.push(job.models.join(', '));
+  }
+  if (typeof job.inflight === 'number') {
+    parts.push(`${job.inflight} in flight`);
+  }
+  if (job.role && job.role !== 'current') {
+    parts.push(job.role);
+  }
+  return parts;
 }
 
 /** What the backend kind is called in the panel's subtitle. */

@@ -3,7 +3,9 @@ import { CommandRegistry } from '@lumino/commands';
 import * as React from 'react';
 
 import { CommandIDs } from '../commands';
+import { poolViews } from '../format';
 import { LLMModel } from '../model';
+import { JobsSection } from './jobs';
 import { ErrorBanner, ModelsSection, QueueSection, RunningSection, StateSection } from './sections';
 import { UsageSection } from './usage';
 
@@ -49,7 +51,8 @@ export class LLMPanel extends VDomRenderer<LLMModel> {
         <ErrorBanner errors={model.errors} />
         {state ? (
           <>
-            <StateSection state={state} commands={commands} />
+            <StateSection state={state} commands={commands} jobsListed={poolViews(state) !== null} />
+            <JobsSection state={state} />
             <ModelsSection state={state} models={model.models} running={model.running} commands={commands} />
             <RunningSection running={model.running} serving={model.serving} />
             <QueueSection queue={model.queue} state={state} />

@@ -75,8 +75,13 @@ function JobFacts(props: { job: IJob; title: string; testid: string; now: Date }
 }
 
 /** The server's sentence on the backend, the jobs, and the admins' controls. */
-export function StateSection(props: { state: IBackendState; commands: CommandRegistry }): JSX.Element {
-  const { state, commands } = props;
+export function StateSection(props: {
+  state: IBackendState;
+  commands: CommandRegistry;
+  /** The jobs have a section of their own (several jobs or pools): no job details here. */
+  jobsListed?: boolean;
+}): JSX.Element {
+  const { state, commands, jobsListed } = props;
   const now = new Date();
   const canControl = state.user?.admin && state.kind !== 'upstream' && state.kind !== 'unconfigured';
   return (
@@ -94,8 +99,10 @@ export function StateSection(props: { state: IBackendState; commands: CommandReg
         {kindLabel(state.kind)} · {state.protocol === 'openai' ? 'OpenAI-compatible' : 'Ollama'} API
         {state.user?.admin && state.backend_url ? ` · ${state.backend_url}` : ''}
       </div>
-      {state.job && <JobFacts job={state.job} title="Current job" testid="llm-job" now={now} />}
-      {state.successor && <JobFacts job={state.successor} title="Successor" testid="llm-successor" now={now} />}
+      {!jobsListed && state.job && <JobFacts job={state.job} title="Current job" testid="llm-job" now={now} />}
+      {!jobsListed && state.successor && (
+        <JobFacts job={state.successor} title="Successor" testid="llm-successor" now={now} />
+      )}
       {state.last_error && state.state !== 'failed' && state.state !== 'unknown' && (
         <div className="jp-LLMPanel-warning" data-testid="llm-last-error">
           Last error: {state.last_error}
