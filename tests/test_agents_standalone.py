@@ -165,11 +165,20 @@ def service_log(service: Proc) -> str:
     return Path(service.log_path).read_text(errors="replace")
 
 
+def backend_log(service: Proc) -> str:
+    """The embedded llama-server's log (``jupyter-llm-af-local-<service pid>-<port>.log``)."""
+    (path,) = Path(tempfile.gettempdir()).glob(f"jupyter-llm-af-local-{service.popen.pid}-*.log")
+    return path.read_text(errors="replace")
+
+
 def assert_log_names_route_but_no_secret(service: Proc, route: str, prompt: str) -> None:
     log = service_log(service)
     assert re.search(rf"\b200 POST {re.escape(route)} \(127\.0\.0\.1\)", log), log[-3000:]
     assert service.extra["token"] not in log
     assert prompt not in log and "?beta" not in log  # neither the prompt nor a query string
+    # nor the backend's: the token is not forwarded, and llama-server does not log prompts
+    backend = backend_log(service)
+    assert "srv" in backend and service.extra["token"] not in backend and prompt not in backend
 
 
 def prompt_of(command: str) -> str:
