@@ -334,3 +334,34 @@ async def test_describe_keeps_todays_fields_and_lists_jobs_and_pools(make, fake:
                 "gpu_memory_gb": 0.0,
                 "models": [],
             }
+
+
+def test_pool_entries_override_the_job_settings(tmp_path: Path) -> None:
+    cfg = LLMService(
+        backend="slurm",
+        slurm_job_name=JOB,
+        slurm_state_dir=str(tmp_path),
+        slurm_partition="ampere",
+        slurm_backend_env={"OLLAMA_MODELS": "/models", "OLLAMA_KEEP_ALIVE": "30m"},
+        slurm_pools={
+            "large": {
+                "slurm_gres": "gpu:a100:2",  # the trait's name works as well as the field's
+                "backend_env": {"OLLAMA_KEEP_ALIVE": "2h"},
+                "backend_command": "llama-server -m /models/big.gguf",
+                "min_jobs": 1,
+                "max_jobs": 3,
+            }
+        },
+    )
+    core = LLMCore(cfg, runtime_dir=str(tmp_path))
+    fleet = fleet_of(core)
+    default, large = fleet.fleet.pools
+    assert (large.settings.gres, large.settings.partition) == ("gpu:a100:2", "ampere")
+    assert large.settings.backend_env == {"OLLAMA_MODELS": "/models", "OLLAMA_KEEP_ALIVE": "2h"}
+    assert large.settings.warm_keep_alive == "2h" and large.settings.ready_path == "/health"
+    assert default.settings.ready_path == "/" and default.max_jobs == 1
+    assert [lane.name for lane in fleet.lanes] == [JOB, f"{JOB}-large-1", f"{JOB}-large-2", f"{JOB}-large-3"]
+    assert [lane.backend.pinned for lane in fleet.lanes] == [False, True, False, False]
+    assert f"#SBATCH --job-name={JOB}-large-2" in fleet.lanes[2].backend.render_script()
+    bad = LLMCore(LLMService(backend="slurm", slurm_max_jobs=2, slurm_min_jobs=3), runtime_dir=str(tmp_path))
+    assert bad.config_error == "slurm_min_jobs must be between 0 and slurm_max_jobs (2)"
