@@ -200,6 +200,10 @@ def render_error(api: str, err: ServiceError) -> tuple[int, dict[str, str], byte
         headers["Retry-After"] = str(max(0, int(err.retry_after)))
     if err.status == 401 and api != "ollama":
         headers["WWW-Authenticate"] = 'Bearer realm="jupyter_llm_af"'
+    if 400 <= err.status < 500 and err.status not in (408, 409, 429):
+        # the anthropic/openai SDKs and Claude Code retry a 401 for minutes unless told not to;
+        # 429 and 5xx keep their Retry-After semantics (queue full, job pending)
+        headers["x-should-retry"] = "false"
     return err.status, headers, json.dumps(error_body(api, err)).encode()
 
 

@@ -247,9 +247,8 @@ def test_claude_code_with_a_wrong_key_is_told_authentication_error(
     standalone: Proc, agent_clis: dict[str, str]
 ) -> None:
     """A wrong ``ANTHROPIC_API_KEY``: Claude Code exits 1 with what it says for Anthropic's own
-    ``authentication_error`` on ``x-api-key``. (``CLAUDE_CODE_MAX_RETRIES=0``: Claude Code retries
-    a 401 with back-off for minutes unless the answer carries ``x-should-retry: false``, which the
-    service does not send yet.)"""
+    ``authentication_error`` on ``x-api-key``, at once: Claude Code retries a 401 with back-off for
+    minutes unless the answer carries ``x-should-retry: false``, which the service sends."""
     wrong = "wrong-" + os.urandom(8).hex()
     done, seconds = run_documented(
         standalone,
@@ -258,7 +257,6 @@ def test_claude_code_with_a_wrong_key_is_told_authentication_error(
         CLAUDE_FLAGS,
         token=wrong,
         replace=("ANTHROPIC_AUTH_TOKEN=", "ANTHROPIC_API_KEY="),
-        env={"CLAUDE_CODE_MAX_RETRIES": "0"},
     )
     print(f"claude -p (wrong key): {seconds:.1f} s, exit {done.returncode}")
     result = claude_result(done)
@@ -277,3 +275,4 @@ def test_claude_code_with_a_wrong_key_is_told_authentication_error(
     )
     assert r.status_code == 401 and r.json()["type"] == "error", r.text
     assert r.json()["error"]["type"] == "authentication_error", r.text
+    assert r.headers["x-should-retry"] == "false"
