@@ -3,10 +3,13 @@
 # Needs: apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge
 # Idempotent: stops what a previous run left and wipes controller state (job ids restart at 1).
 # NGPUS (default 1): number of fake GPUs (char devices) offered as GRES gpu.
+# NCPUS (default: nproc): CPUs the node offers; more than the machine has lets more one-CPU jobs
+# run at once (several GPU jobs on a 2-core machine), with SlurmdParameters=config_overrides.
 # "slurm-up.sh controller" only (re)starts slurmctld and keeps the cluster's state.
 set -eu
 CONF_DIR=${SLURM_CONF_DIR:-/etc/slurm}
 NGPUS=${NGPUS:-1}
+NCPUS=${NCPUS:-$(nproc)}
 export SLURM_CONF=$CONF_DIR/slurm.conf
 ms() { echo $(( $(date +%s%N) / 1000000 )); }
 # /proc instead of ps (procps may be missing on a minimal image); kill -0 succeeds on zombies,
@@ -58,7 +61,9 @@ for i in $(seq 0 $((NGPUS - 1))); do
   [ -c /run/fakegpu/nvidia$i ] || mknod -m 0666 /run/fakegpu/nvidia$i c 1 3
 done
 
-CPUS=$(nproc)
+CPUS=$NCPUS
+OVERRIDES=
+[ "$CPUS" -gt "$(nproc)" ] && OVERRIDES=SlurmdParameters=config_overrides   # else: node drained
 MEM_MB=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
 install -d -m 0755 "$CONF_DIR"
 cat > "$CONF_DIR/slurm.conf" <<CONF
@@ -94,6 +99,7 @@ SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
+$OVERRIDES
 GresTypes=gpu
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB Gres=gpu:$NGPUS State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES DefaultTime=01:00:00 MaxTime=1-00:00:00 State=UP

@@ -42,6 +42,50 @@ def ensure_slurm() -> str | None:
     return None
 
 
+def node_size() -> tuple[int, int]:
+    """(fake GPUs, CPUs) the local node offers (``Gres=gpu:N``, ``CPUTot``); 0 where unknown."""
+    try:
+        out = subprocess.run(
+            ["scontrol", "-o", "show", "node", "localhost"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0, 0
+    gpus = cpus = 0
+    for part in out.split():
+        if part.startswith("Gres=gpu:"):
+            tail = part.split(":")[-1].split("(")[0]
+            gpus = int(tail) if tail.isdigit() else 0
+        elif part.startswith("CPUTot="):
+            cpus = int(part.split("=", 1)[1] or 0)
+    return gpus, cpus
+
+
+def restart_slurm(ngpus: int, ncpus: int) -> str | None:
+    """(Re)start the local cluster with ``ngpus`` fake GPUs and ``ncpus`` CPUs (root; wipes its
+    state, cancels every job). Returns why it could not, or None."""
+    if os.geteuid() != 0:
+        return f"restarting Slurm with {ngpus} GPUs (.ci/slurm-up.sh) needs root"
+    env = {**os.environ, "NGPUS": str(ngpus), "NCPUS": str(ncpus)}
+    result = subprocess.run([str(CI / "slurm-up.sh")], capture_output=True, text=True, timeout=120, env=env)
+    if result.returncode != 0 or not slurm_is_up() or node_size() != (ngpus, ncpus):
+        why = result.stderr.strip() or result.stdout.strip() or f"the node offers {node_size()}"
+        return f".ci/slurm-up.sh (NGPUS={ngpus} NCPUS={ncpus}) failed: {why}"
+    return None
+
+
+def ensure_node(ngpus: int, ncpus: int) -> tuple[str | None, tuple[int, int]]:
+    """The local cluster up with at least ``ngpus`` fake GPUs and ``ncpus`` CPUs (one per job),
+    restarting it so if it has fewer. Returns (why it cannot be used or None, the node's size
+    before: give it back afterwards with :func:`restart_slurm`)."""
+    why = ensure_slurm()
+    if why:
+        return why, (0, 0)
+    before = node_size()
+    if before[0] >= ngpus and before[1] >= ncpus:
+        return None, before
+    return restart_slurm(max(ngpus, before[0]), max(ncpus, before[1])), before
+
+
 def controller(action: str) -> None:
     """Stop ('down') or start ('up') only slurmctld; jobs, slurmd and saved state stay."""
     script = CI / ("slurm-down.sh" if action == "down" else "slurm-up.sh")

@@ -30,14 +30,14 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from ..admission import WorkerInfo, model_key
 from ..modelfit import check_fits
-from ..state import ACTIVE_STATES, SERVING_STATES, BackendState, JobDoc, LauncherState, PoolDoc
+from ..state import BackendState, JobDoc, LauncherState, PoolDoc
 from . import slurm_messages as msg
 from .base import Backend, ControlNotSupported, Endpoint
 from .slurm import SlurmBackend
@@ -83,7 +83,6 @@ class Lane:
     backend: SlurmBackend
     loaded: dict[str, float | None] | None = None  # its /api/ps (Ollama), None: not known
     ps_at: float = 0.0  # monotonic time of the last /api/ps
-    models_hint: list[str] = field(default_factory=list)  # admission's account (other protocols)
 
     @property
     def name(self) -> str:
@@ -517,7 +516,3 @@ class SlurmFleet(Backend):
             "gpu_memory_gb": pool.gpu_memory_gb,
             "models": sorted(pool.models),
         }
-
-
-# states a pool can be in; kept here so a renamed BackendState fails at import, not in the panel
-assert SERVING_STATES <= set(_STATE_RANK) and ACTIVE_STATES <= set(_STATE_RANK)
