@@ -69,8 +69,10 @@ export function addCommands(app: JupyterFrontEnd, model: LLMModel, panel: Widget
     isEnabled: () => model.isAdmin && controllable(model) && model.state?.state !== 'idle',
     execute: async () => {
       const what = backendWord(model);
+      // a fleet's Stop lets every job go
+      const jobs = model.state?.jobs?.length ?? 0;
       const result = await showDialog({
-        title: `Stop the ${what}?`,
+        title: jobs > 1 ? `Stop the ${jobs} GPU jobs?` : `Stop the ${what}?`,
         body: `Requests in flight fail, for all users. The next request starts a new ${what}.`,
         buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Stop' })]
       });
