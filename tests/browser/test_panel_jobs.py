@@ -3,8 +3,8 @@ cluster: ``slurm_max_jobs=2, slurm_min_jobs=2`` keeps two default jobs running, 
 (2 GPUs, for ``small:3b``) has none until its model is asked for. The panel's "GPU jobs" section
 lists both pools with the server's sentences and one line per job; a request shows on the job that
 serves it (its model loaded, one in flight). Every job runs the Ollama test double on 127.0.0.1.
-The cluster needs 2 fake GPUs (restarted with 2 for this module when it has fewer, then given back
-its count)."""
+The cluster needs 2 fake GPUs and 2 CPUs (restarted so for this module when it has fewer, then
+given back its size)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
+from jupyter_llm_af.magics.render import status_markdown
 from tests import slurm_helpers as sh
-from tests.browser.conftest import open_panel, screenshot, start_lab, stop_lab
+from tests.browser.conftest import open_panel, screenshot, set_theme, start_lab, stop_lab
 from tests.conftest import ROOT, Proc, auth
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -26,7 +27,7 @@ expect = sync_api.expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.slurm]
 
-GPUS = 2
+GPUS = CPUS = 2  # two jobs of one GPU and one CPU each
 TOKEN_DELAY = 0.15  # seconds per token of the double: 60 tokens keep a request on its job for 9 s
 # a job's line while it serves nothing: id, state, node, time left, requests in flight
 IDLE_JOB = re.compile(r"^\d+ running · \S+ · \d+ (s|min) left · 0 in flight$")
@@ -34,15 +35,15 @@ IDLE_JOB = re.compile(r"^\d+ running · \S+ · \d+ (s|min) left · 0 in flight$"
 
 @pytest.fixture(scope="module")
 def job_name() -> Iterator[str]:
-    why, before = sh.ensure_gpus(GPUS)
+    why, before = sh.ensure_node(GPUS, CPUS)
     if why:
         pytest.skip(why)
     name = sh.unique_job_name("llmaf-panel-jobs")
     yield name
     sh.cancel_named(name)
     assert not sh.jobs_named(name), "jobs left behind"
-    if before and before < GPUS:
-        assert sh.restart_slurm(before) is None, "could not give the cluster back its GPU count"
+    if before != sh.node_size():
+        assert sh.restart_slurm(*before) is None, "could not give the cluster back its size"
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +104,14 @@ def test_two_jobs_and_a_pool_are_listed_with_the_request_they_serve(
     assert listed == {row[0] for row in sh.jobs_named(job_name)}, "the panel's jobs are Slurm's"
     # the single job's details are not repeated above the list
     expect(panel.get_by_test_id("llm-job")).to_have_count(0)
+    # %llm status says the same of the same document
+    status = status_markdown(doc, {})
+    assert f"- `default` (2/2 jobs · min 2 · gpu:1): {messages['default']}" in status, status
+    assert f"- `large` (0/1 jobs · gpu:2 · `small:3b`): {messages['large']}" in status, status
+    for job_id in listed:
+        assert re.search(
+            rf"^  - job `{job_id}`: running · \S+ · \d+ (s|min) left · 0 in flight$", status, re.M
+        )
 
     # one long request: its job shows the model loaded and one request in flight
     answer: dict[str, int] = {}
@@ -131,6 +140,9 @@ def test_two_jobs_and_a_pool_are_listed_with_the_request_they_serve(
         )
         assert time.monotonic() - started < 9, "the request ended before the panel showed it"
         screenshot(page, "panel-jobs")
+        set_theme(page, "JupyterLab Dark")
+        screenshot(page, "panel-jobs-dark")
+        set_theme(page, "JupyterLab Light")
     finally:
         request.join(60)
     assert answer == {"status": 200}
@@ -139,7 +151,9 @@ def test_two_jobs_and_a_pool_are_listed_with_the_request_they_serve(
 
     # the admin's Stop lets every job go; the pools stay listed, without jobs
     panel.get_by_test_id("llm-stop").click()
-    page.locator(".jp-Dialog").get_by_role("button", name="Stop").click()
+    dialog = page.locator(".jp-Dialog")
+    expect(dialog).to_contain_text("Stop the 2 GPU jobs?")
+    dialog.get_by_role("button", name="Stop").click()
     expect(panel.get_by_test_id("llm-pool-job")).to_have_count(0, timeout=30_000)
     expect(default.get_by_test_id("llm-pool-count")).to_have_text("0/2 jobs")
     deadline = time.monotonic() + 30
