@@ -184,7 +184,7 @@ def pool_views(state: Mapping[str, Any]) -> list[PoolView] | None:
 
 
 def pool_heading(pool: Mapping[str, Any]) -> str:
-    """``1/2 jobs · min 1 · gpu:a100:2 · 80 GB each`` and the models sent there: counts and what its jobs get."""
+    """``1/2 jobs · min 1 · gpu:a100:2 · 80 GB each`` and the models sent there."""
     count, most = pool.get("jobs") or 0, pool.get("max_jobs") or 0
     noun = "jobs" if most or count != 1 else "job"
     parts = [f"{count}{f'/{most}' if most else ''} {noun}"]
