@@ -77,6 +77,8 @@ class LLMExtensionApp(ExtensionApp):
         app.web_app.settings["llm_core"] = self.core
         IOLoop.current().add_callback(self.core.start)
         self._export_kernel_env()
+        # once every extension is loaded (Jupyternaut's config manager is made in its own load step)
+        IOLoop.current().add_callback(self._preset_jupyternaut)
         self.log.info(
             "jupyter_llm_af: %s backend (%s API) at %s%s",
             service.backend,
@@ -98,9 +100,36 @@ class LLMExtensionApp(ExtensionApp):
         url = app.connection_url.rstrip("/") + "/" + MOUNT if hasattr(app, "connection_url") else ""
         if "://" not in url:
             url = f"http://{app.ip or '127.0.0.1'}:{app.port}{app.base_url}{MOUNT}"
+        self.service_url = url
         token = getattr(app.identity_provider, "token", "") or os.environ.get("JUPYTERHUB_API_TOKEN", "")
         model = self.core.default_model()  # Claude Code's and Codex's default; None if not known yet
         os.environ.update(server_environment(url, token, os.environ, app.runtime_dir, model))
+
+    def _preset_jupyternaut(self) -> None:
+        """jupyter-ai 3.x: Jupyternaut's "Default" model and its model picker offer this service's
+        models, reached through the environment set above (see :mod:`jupyter_llm_af.jupyter_ai3`)."""
+        manager = self.app.web_app.settings.get("jupyternaut.config_manager")
+        if manager is None:  # no jupyter-ai 3 (or no Jupyternaut) in this environment
+            return
+        from .jupyter_ai3 import apply_preset, litellm_provider
+
+        provider = litellm_provider(os.environ, getattr(self, "service_url", ""))
+        if provider is None:
+            self.log.info("jupyter_llm_af: Jupyternaut not preset (OLLAMA_API_BASE, OPENAI_BASE_URL are set)")
+            return
+        default = self.core.default_model()
+        models = list(dict.fromkeys(m for m in [default, *self.core.catalogue.names] if m))
+        admin_model = "initial_language_model" in self.app.config.get("JupyternautExtension", {})
+        try:
+            preset = apply_preset(manager, provider, models, default, admin_model=admin_model)
+        except Exception:  # another jupyter-ai version's config: Jupyternaut still works, unpreset
+            self.log.warning("jupyter_llm_af: could not preset Jupyternaut", exc_info=True)
+            return
+        self.log.info(
+            "jupyter_llm_af: Jupyternaut's default model %s, models offered: %s",
+            preset.marker.get("model_provider_id", "(left as configured)"),
+            ", ".join(preset.marker.get("custom_models", [])) or "none",
+        )
 
     async def stop_extension(self) -> None:
         core = getattr(self, "core", None)

@@ -33,6 +33,15 @@ extras="local"
 .venv/bin/jupyter-llm-af setup-local
 
 if [ "$WITH_TEST" = 1 ]; then
+  # jupyter-ai 3.x (Jupyternaut) in a venv of its own: the main one keeps 2.x for %%ai (tests/test_magics.py);
+  # tests/test_jupyter_ai3.py and tests/browser/test_jupyter_ai3.py run Lab from it (~2.5 min with a warm pip cache)
+  if ! .venv-jai3/bin/python -c "import importlib.metadata as m; m.version('jupyter-ai-jupyternaut'); m.version('jupyter_llm_af')" 2>/dev/null; then
+    echo "[install] .venv-jai3: jupyter-ai 3 + this checkout"
+    [ -x .venv-jai3/bin/python ] || "$PY" -m venv .venv-jai3
+    .venv-jai3/bin/pip install -q --upgrade pip
+    # the labextension was built by the install above: the editable build skips it (skip-if-exists)
+    .venv-jai3/bin/pip install -q -e . "jupyter-ai[jupyternaut]>=3,<4"
+  fi
   mkdir -p .ci/cache/chp
   [ -x .ci/cache/chp/node_modules/.bin/configurable-http-proxy ] || \
     npm install --silent --prefix .ci/cache/chp --no-save configurable-http-proxy@5 >/dev/null
