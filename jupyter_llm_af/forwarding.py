@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import ssl
+import time
 from collections.abc import AsyncIterator, Mapping
 from http.cookiejar import Cookie, CookieJar
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import httpx
+from multidict import CIMultiDict
 
 from .errors import UpstreamError
 
@@ -66,10 +69,305 @@ class NoCookieJar(CookieJar):
         return None
 
 
+# -- the streaming client -----------------------------------------------------------------------
+# The pass-through relays every answer, so its client is the hot path: a small HTTP/1.1 client on
+# asyncio streams that hands over everything one socket read brought (chunk framing undone in one
+# pass), instead of a general client's per-HTTP-chunk bookkeeping (aiohttp: four Python calls per
+# chunk, ~20 % of the service's CPU on a token stream; see benchmarks/README.md, issue 12).
+HEAD_LIMIT = 64 * 1024  # a response head larger than this is not a backend we can talk to
+READ_SIZE = 64 * 1024
+KEEPALIVE_S = 15.0  # reuse an idle backend connection this long (aiohttp's default)
+MAX_IDLE_PER_BACKEND = 64
+
+
+class BackendBroke(Exception):
+    """The backend's answer broke off or could not be read (after its head: never retried)."""
+
+
+class _Conn:
+    __slots__ = ("reader", "writer", "idle_since")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+        self.idle_since = 0.0
+
+    def usable(self, now: float) -> bool:
+        # a close the backend sent while the connection was idle is seen here (EOF); a close
+        # that crosses our request on the wire is the retry's business
+        return (
+            not self.reader.at_eof() and not self.writer.is_closing() and now - self.idle_since < KEEPALIVE_S
+        )
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+class _Pool:
+    """Idle keep-alive connections per backend (scheme, host, port)."""
+
+    def __init__(self) -> None:
+        self.idle: dict[tuple[str, str, int], list[_Conn]] = {}
+
+    def take(self, key: tuple[str, str, int]) -> _Conn | None:
+        conns = self.idle.get(key)
+        now = time.monotonic()
+        while conns:
+            conn = conns.pop()
+            if conn.usable(now):
+                return conn
+            conn.close()
+        return None
+
+    def give(self, key: tuple[str, str, int], conn: _Conn) -> None:
+        conns = self.idle.setdefault(key, [])
+        if len(conns) >= MAX_IDLE_PER_BACKEND:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        conns.append(conn)
+
+    def close(self) -> None:
+        for conns in self.idle.values():
+            for conn in conns:
+                conn.close()
+        self.idle.clear()
+
+
+class _Dechunker:
+    """Undoes chunked transfer coding over bytes split anywhere; ``feed`` returns the data of all
+    chunks (or parts of chunks) in what it is given, in one piece."""
+
+    __slots__ = ("left", "skip", "line", "trailer", "done")
+
+    def __init__(self) -> None:
+        self.left = 0  # bytes of chunk data still to come
+        self.skip = 0  # bytes of the CRLF after chunk data still to drop
+        self.line = b""  # an incomplete size (or trailer) line
+        self.trailer = False
+        self.done = False
+
+    def feed(self, data: bytes) -> tuple[bytes, bytes]:
+        """(body data, bytes after the end of the body)."""
+        out: list[bytes] = []
+        i, n = 0, len(data)
+        find = data.find
+        while i < n:
+            if not (self.left or self.skip or self.line or self.trailer):
+                # the common case, a whole chunk (size line, data, CRLF) in what was read: one
+                # find, one int, one slice (a token stream is ~100 chunks per read at full speed)
+                j = find(b"\r\n", i)
+                if j > i:
+                    try:
+                        size = int(data[i:j], 16)
+                    except ValueError:
+                        size = -1  # extensions, or garbage: the general path below decides
+                    end = j + 2 + size
+                    if size > 0 and end + 2 <= n:
+                        out.append(data[j + 2 : end])
+                        i = end + 2
+                        continue
+            if self.left:
+                take = min(self.left, n - i)
+                out.append(data[i : i + take])
+                i += take
+                self.left -= take
+                if not self.left:
+                    self.skip = 2
+                continue
+            if self.skip:
+                take = min(self.skip, n - i)
+                i += take
+                self.skip -= take
+                continue
+            j = data.find(b"\n", i)
+            if j < 0:
+                self.line += data[i:]
+                if len(self.line) > 4096:
+                    raise BackendBroke("chunk header too long")
+                break
+            text = data[i:j]
+            if self.line:
+                text, self.line = self.line + text, b""
+            i = j + 1
+            text = text.rstrip(b"\r")
+            if self.trailer:
+                if not text:
+                    self.done = True
+                    return b"".join(out), data[i:]
+                continue
+            try:
+                size = int(text.split(b";", 1)[0], 16)
+            except ValueError:
+                raise BackendBroke("bad chunk size") from None
+            if size < 0:
+                raise BackendBroke("bad chunk size")
+            if size == 0:
+                self.trailer = True
+            else:
+                self.left = size
+        return b"".join(out), b""
+
+
+class BackendResponse:
+    """A backend's answer: status, headers, and its body as it arrives (:meth:`iter_any`) or whole
+    (:meth:`read`). The connection goes back to the pool only when the body was read to its end."""
+
+    def __init__(
+        self,
+        status: int,
+        headers: CIMultiDict[str],
+        conn: _Conn,
+        rest: bytes,
+        framing: str,
+        length: int,
+        keep_alive: bool,
+        read_timeout: float,
+    ):
+        self.status = status
+        self.headers = headers
+        self._conn: _Conn | None = conn
+        self._rest = rest  # body bytes that came with the head
+        self._framing = framing  # "chunked", "length", "eof" or "none"
+        self._left = length  # "length": bytes still to come
+        self._dechunk = _Dechunker() if framing == "chunked" else None
+        self._keep_alive = keep_alive
+        self._read_timeout = read_timeout
+        self.complete = framing == "none" or (framing == "length" and length == 0)
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        """The body, one piece per socket read (never empty pieces)."""
+        data, self._rest = self._rest, b""
+        while not self.complete:
+            if not data:
+                data = await self._read()
+                if not data:
+                    if self._framing == "eof":
+                        self.complete = True
+                        break
+                    raise BackendBroke("the backend closed the connection mid-answer")
+            piece = self._take(data)
+            data = b""
+            if piece:
+                yield piece
+
+    async def read(self) -> bytes:
+        return b"".join([piece async for piece in self.iter_any()])
+
+    def _take(self, data: bytes) -> bytes:
+        if self._dechunk is not None:
+            piece, extra = self._dechunk.feed(data)
+            if self._dechunk.done:
+                self.complete = True
+                if extra:  # bytes beyond the answer: the connection is out of step
+                    self._keep_alive = False
+            return piece
+        if self._framing == "length":
+            if len(data) >= self._left:
+                if len(data) > self._left:
+                    self._keep_alive = False
+                data, self._left = data[: self._left], 0
+                self.complete = True
+            else:
+                self._left -= len(data)
+        return data
+
+    async def _read(self) -> bytes:
+        assert self._conn is not None
+        try:
+            return await _read_within(self._conn, self._read_timeout)
+        except asyncio.TimeoutError:
+            raise BackendBroke("the backend sent nothing for too long") from None
+        except OSError as e:
+            raise BackendBroke(f"the backend connection failed ({type(e).__name__})") from None
+
+    def release(self, pool: _Pool, key: tuple[str, str, int]) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self.complete and self._keep_alive and not self._rest:
+            pool.give(key, conn)
+        else:  # a stream the client left (or a broken one): closing it stops the backend's work
+            conn.close()
+
+
+async def _read_within(conn: _Conn, timeout: float) -> bytes:
+    """One read of what the backend sent, ``asyncio.TimeoutError`` after ``timeout`` seconds of
+    silence (a timer that aborts the connection: no task per read, as ``wait_for`` costs)."""
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        conn.writer.transport.abort()
+
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        data = await conn.reader.read(READ_SIZE)
+    finally:
+        timer.cancel()
+    if expired:
+        raise asyncio.TimeoutError
+    return data
+
+
+def _parse_head(head: bytes) -> tuple[int, bytes, CIMultiDict[str]]:
+    lines = head.split(b"\r\n")
+    start = lines[0]
+    if not start.startswith(b"HTTP/1.") or len(start) < 12:
+        raise BackendBroke("the backend's answer is not HTTP/1.x")
+    try:
+        status = int(start[9:12])
+    except ValueError:
+        raise BackendBroke("bad status line from the backend") from None
+    headers: CIMultiDict[str] = CIMultiDict()
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name.strip() != name:
+            raise BackendBroke("malformed header line from the backend")
+        headers.add(name.decode("latin-1"), value.strip().decode("latin-1"))
+    return status, start[:8], headers
+
+
+def _framing(method: str, status: int, version: bytes, headers: CIMultiDict[str]) -> tuple[str, int, bool]:
+    """How the body is delimited ("chunked", "length" + its length, "eof", "none"), and whether
+    the connection may be reused after it."""
+    connection = ",".join(headers.getall("Connection", [])).lower()
+    keep_alive = "close" not in connection and (version != b"HTTP/1.0" or "keep-alive" in connection)
+    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+        return "none", 0, keep_alive
+    if "chunked" in ",".join(headers.getall("Transfer-Encoding", [])).lower():
+        return "chunked", 0, keep_alive
+    lengths = {v.strip() for v in headers.getall("Content-Length", [])}
+    if lengths:
+        value = lengths.pop()
+        if lengths or not value.isdigit():
+            raise BackendBroke("bad Content-Length from the backend")
+        return "length", int(value), keep_alive
+    return "eof", 0, False
+
+
+def _encode_head(method: str, target: str, headers: Mapping[str, str], body: bytes | None) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1"]
+    for k, v in headers.items():
+        if "\r" in v or "\n" in v or "\r" in k or "\n" in k or ":" in k:
+            raise UpstreamError(f"invalid header for the backend: {k!r}")
+        lines.append(f"{k}: {v}")
+    if body or method in ("POST", "PUT", "PATCH", "DELETE"):
+        lines.append(f"Content-Length: {len(body or b'')}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class _Stale(Exception):
+    """The connection ended before any byte of an answer (a stale keep-alive connection, or a
+    backend that just died)."""
+
+
 class Upstream:
-    """Pooled HTTP clients for backend traffic: aiohttp for the streaming pass-through (one write per
-    socket read: about 3x the chunk rate of httpx here, see benchmarks/proxy_overhead.py), httpx for
-    the small JSON requests of the translation layer."""
+    """HTTP clients for backend traffic: our own small streaming client for the pass-through (the
+    hot path, see above), httpx for the small JSON requests of the translation layer."""
 
     def __init__(
         self,
@@ -81,7 +379,8 @@ class Upstream:
         self.endpoint_headers: dict[str, dict[str, str]] = {}
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self._session: aiohttp.ClientSession | None = None
+        self._pool = _Pool()
+        self._ssl: ssl.SSLContext | None = None
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=60.0, pool=None),
             cookies=NoCookieJar(),  # one client for every user: never store a backend's cookie
@@ -92,22 +391,7 @@ class Upstream:
 
     async def aclose(self) -> None:
         await self.client.aclose()
-        if self._session is not None:
-            await self._session.close()
-
-    def session(self) -> aiohttp.ClientSession:
-        # created lazily: an aiohttp session belongs to the running event loop
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0),
-                timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout
-                ),
-                auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(),  # shared by all users: never store cookies
-                trust_env=False,  # never route backend traffic through a user's proxy settings
-            )
-        return self._session
+        self._pool.close()
 
     @contextlib.asynccontextmanager
     async def stream(
@@ -118,33 +402,106 @@ class Upstream:
         body: bytes | None,
         incoming_headers: Mapping[str, str],
         endpoint_headers: Mapping[str, str] | None = None,
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A streamed backend response; connection failures become :class:`UpstreamError`
-        (``retryable`` when nothing can have been answered yet)."""
+    ) -> AsyncIterator[BackendResponse]:
+        """A streamed backend response; failures before its head become :class:`UpstreamError`
+        (``retryable``: nothing can have been answered yet), after it :class:`BackendBroke`.
+        Cookies are never kept (there is no jar), redirects never followed, proxies never used."""
         url, headers = self._target(base_url, path, incoming_headers)
         if endpoint_headers:
             headers.update(endpoint_headers)
-        try:
-            ctx = self.session().request(
-                method, url, data=body or None, headers=headers, allow_redirects=False
-            )
-            resp = await ctx.__aenter__()
-        except aiohttp.ClientConnectorError as e:
-            raise UpstreamError(
-                f"backend at {base_url} refused the connection ({e.os_error})", retryable=True
-            ) from e
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
-            # a pooled keep-alive connection the backend had closed, or a backend that just died
-            raise UpstreamError(f"backend at {base_url} closed the connection: {e}", retryable=True) from e
-        except asyncio.TimeoutError as e:
-            raise UpstreamError(f"backend at {base_url} timed out", 504) from e
-        except aiohttp.ClientError as e:
-            raise UpstreamError(f"backend at {base_url} failed: {e}") from e
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not parts.hostname:
+            raise UpstreamError(f"backend URL {base_url} is not http(s)://host[:port]/...")
+        key = (scheme, parts.hostname, parts.port or (443 if scheme == "https" else 80))
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        headers.setdefault("Accept", "*/*")
+        request = _encode_head(method, target, headers, body) + (body or b"")
+        resp = await self._send(key, base_url, method, request)
         try:
             yield resp
         finally:
-            resp.release()
-            await ctx.__aexit__(None, None, None)
+            resp.release(self._pool, key)
+
+    async def _send(
+        self, key: tuple[str, str, int], base_url: str, method: str, request: bytes
+    ) -> BackendResponse:
+        conn = self._pool.take(key)
+        if conn is not None:
+            try:
+                return await self._exchange(conn, base_url, method, request)
+            except _Stale:
+                conn.close()  # the backend closed it as we sent: once more on a new connection
+            except BaseException:
+                conn.close()
+                raise
+        conn = await self._connect(key, base_url)
+        try:
+            return await self._exchange(conn, base_url, method, request)
+        except _Stale as e:
+            conn.close()
+            raise UpstreamError(
+                f"backend at {base_url} closed the connection ({e})", retryable=True
+            ) from None
+        except BaseException:
+            conn.close()
+            raise
+
+    async def _connect(self, key: tuple[str, str, int], base_url: str) -> _Conn:
+        scheme, host, port = key
+        tls: ssl.SSLContext | None = None
+        if scheme == "https":
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            tls = self._ssl
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, ssl=tls, limit=HEAD_LIMIT), self.connect_timeout
+            )
+        except asyncio.TimeoutError as e:
+            raise UpstreamError(f"backend at {base_url} timed out (connecting)", 504) from e
+        except (OSError, ssl.SSLError) as e:
+            raise UpstreamError(f"backend at {base_url} refused the connection ({e})", retryable=True) from e
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return _Conn(reader, writer)
+
+    async def _exchange(self, conn: _Conn, base_url: str, method: str, request: bytes) -> BackendResponse:
+        """Send the request, read the head (``_Stale`` if the connection ends before any byte of
+        an answer); 1xx answers are skipped."""
+        try:
+            conn.writer.write(request)
+            if len(request) > READ_SIZE:
+                await conn.writer.drain()
+            buf = b""
+            while True:
+                data = await _read_within(conn, self.read_timeout)
+                if not data:
+                    if buf:
+                        raise BackendBroke("the backend closed the connection inside its answer's head")
+                    raise _Stale("no answer")
+                buf += data
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(buf) > HEAD_LIMIT:
+                        raise BackendBroke("the backend's answer head is too large")
+                    continue
+                status, version, headers = _parse_head(buf[:end])
+                buf = buf[end + 4 :]
+                if 100 <= status < 200 and status != 101:
+                    continue  # informational (100 Continue): the answer follows
+                framing, length, keep_alive = _framing(method, status, version, headers)
+                return BackendResponse(
+                    status, headers, conn, buf, framing, length, keep_alive, self.read_timeout
+                )
+        except asyncio.TimeoutError:
+            raise UpstreamError(f"backend at {base_url} timed out", 504) from None
+        except BackendBroke as e:
+            raise UpstreamError(f"backend at {base_url} failed: {e}") from None
+        except (ConnectionError, OSError) as e:
+            raise _Stale(type(e).__name__) from None
 
     def _target(
         self, base_url: str, path: str, incoming_headers: Mapping[str, str] | None

@@ -98,6 +98,9 @@ class Metrics:
         self._user = BoundedLabel(max_users)
         self._kind = BoundedLabel(32)
         self._reason = BoundedLabel(16)
+        # label children by (series, values): ``labels()`` validates and locks on every call, and
+        # each request touches up to eight series (the values are bounded, so is this)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._jobs: dict[str, str] = {}  # Slurm job id -> state (lower case)
         self._job_states: set[str] = set()
         who = ["group", "user"] if per_user else ["group"]
@@ -220,35 +223,43 @@ class Metrics:
         group = self.group_label(rec.groups)
         return (group, self._user(rec.user)) if self.per_user else (group,)
 
+    def _child(self, series: Any, *values: str) -> Any:
+        key = (id(series), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = series.labels(*values)
+        return child
+
     # -- updates -------------------------------------------------------------------------
     def observe_request(self, rec: RequestRecord) -> None:
         route = self._route(rec.route.split("?", 1)[0])
         model = self._model(rec.model)
         who = self._who(rec)
-        self.requests.labels(route, model, f"{rec.status // 100}xx", *who).inc()
-        self.duration.labels(route).observe(rec.duration_s)
+        child = self._child
+        child(self.requests, route, model, f"{rec.status // 100}xx", *who).inc()
+        child(self.duration, route).observe(rec.duration_s)
         if rec.error or rec.status >= 400:
-            self.request_errors.labels(route, self._kind(rec.error or f"http_{rec.status}")).inc()
+            child(self.request_errors, route, self._kind(rec.error or f"http_{rec.status}")).inc()
         if rec.api == "service":
             return
         if rec.backend_s or rec.queue_wait_s:
-            self.queue_wait.labels(model).observe(rec.queue_wait_s)
+            child(self.queue_wait, model).observe(rec.queue_wait_s)
         if rec.backend_s:
-            self.backend_seconds.labels(model, *who).inc(rec.backend_s)
+            child(self.backend_seconds, model, *who).inc(rec.backend_s)
         if rec.ttft_s is not None:
-            self.ttft.labels(model).observe(rec.ttft_s)
+            child(self.ttft, model).observe(rec.ttft_s)
         if rec.prompt_tokens:
-            self.prompt_tokens.labels(model, *who).inc(rec.prompt_tokens)
+            child(self.prompt_tokens, model, *who).inc(rec.prompt_tokens)
         if rec.completion_tokens:
-            self.completion_tokens.labels(model, *who).inc(rec.completion_tokens)
+            child(self.completion_tokens, model, *who).inc(rec.completion_tokens)
 
     def inflight(self, api: str, delta: int) -> None:
-        self.in_flight.labels(api).inc(delta)
+        self._child(self.in_flight, api).inc(delta)
 
     def set_queue(self, model: str, waiting: int, running: int) -> None:
         label = self._model(model or "all")
-        self.queue_waiting.labels(label).set(waiting)
-        self.queue_running.labels(label).set(running)
+        self._child(self.queue_waiting, label).set(waiting)
+        self._child(self.queue_running, label).set(running)
 
     def set_backend_reachable(self, reachable: bool) -> None:
         self.reachable.set(1 if reachable else 0)

@@ -22,8 +22,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
 from .apis import anthropic, responses
 from .backends.base import Endpoint
 from .errors import (
@@ -39,7 +37,7 @@ from .errors import (
     error_body,
     stream_error_chunk,
 )
-from .forwarding import response_headers
+from .forwarding import BackendBroke, BackendResponse, response_headers
 from .metrics import metrics_allowed
 from .routes import Api, Kind, Route, backend_target
 from .translate import BackendModel
@@ -641,14 +639,14 @@ async def _owning(reply: Reply, stack: contextlib.AsyncExitStack) -> Reply:
     return reply
 
 
-async def _read_all(resp: aiohttp.ClientResponse) -> bytes:
+async def _read_all(resp: BackendResponse) -> bytes:
     try:
         return await resp.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-        raise UpstreamError(f"backend connection lost: {type(e).__name__}") from e
+    except BackendBroke as e:
+        raise UpstreamError(f"backend connection lost: {e}") from e
 
 
-async def _backend_error(resp: aiohttp.ClientResponse, api: Api) -> ServiceError:
+async def _backend_error(resp: BackendResponse, api: Api) -> ServiceError:
     """A backend's error answer, re-said in the API's format; its 5xx for bad input is a 400."""
     data = await _read_all(resp)
     try:
@@ -701,20 +699,20 @@ class Rename:
                 await chunks.aclose()  # type: ignore[attr-defined]
 
 
-async def _relay_stream(resp: aiohttp.ClientResponse, api: Api) -> AsyncIterator[bytes]:
+async def _relay_stream(resp: BackendResponse, api: Api) -> AsyncIterator[bytes]:
     """The backend's bytes as they arrive, one chunk per socket read, never buffered; a
     backend that breaks off ends the stream with an error in the API's own framing."""
     try:
-        async for data in resp.content.iter_any():
+        async for data in resp.iter_any():
             yield data
-    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-        yield stream_error_chunk(api.value, f"backend connection lost: {type(e).__name__}")
+    except BackendBroke as e:
+        yield stream_error_chunk(api.value, f"backend connection lost: {e}")
 
 
-async def _sse_objects(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+async def _sse_objects(resp: BackendResponse) -> AsyncIterator[dict[str, Any]]:
     """The JSON objects of a backend's SSE stream, until ``[DONE]``."""
     tail = b""
-    async for chunk in resp.content.iter_any():
+    async for chunk in resp.iter_any():
         data = tail + chunk
         *lines, tail = data.split(b"\n")
         for line in lines:
@@ -732,7 +730,7 @@ async def _sse_objects(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, 
 
 
 async def _converted_sse(
-    resp: aiohttp.ClientResponse, conv: anthropic.MessagesStream | responses.ResponsesStream
+    resp: BackendResponse, conv: anthropic.MessagesStream | responses.ResponsesStream
 ) -> AsyncIterator[bytes]:
     yield conv.start()
     try:
@@ -743,8 +741,8 @@ async def _converted_sse(
     except ServiceError as e:
         yield conv.error(e.message)
         return
-    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-        yield conv.error(f"backend connection lost: {type(e).__name__}")
+    except BackendBroke as e:
+        yield conv.error(f"backend connection lost: {e}")
         return
     yield conv.finish()
 
@@ -755,7 +753,7 @@ async def _ndjson(objects: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes
             yield json.dumps(obj).encode() + b"\n"
     except ServiceError as e:  # after the first byte: an error line, like Ollama
         yield json.dumps({"error": e.message}).encode() + b"\n"
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+    except (BackendBroke, asyncio.TimeoutError, OSError) as e:
         yield json.dumps({"error": f"backend connection lost: {type(e).__name__}"}).encode() + b"\n"
     finally:
         with contextlib.suppress(Exception):

@@ -229,12 +229,21 @@ class StreamUsageSniffer:
         return self.usage
 
     def _scan(self, buf: bytes | bytearray, end: int) -> None:
-        markers = self._markers
-        if not any(buf.find(m, 0, end) >= 0 for m in markers):
-            return
-        for line in bytes(buf[:end]).split(b"\n"):
-            if any(m in line for m in markers):
-                self._parse(line.strip())
+        # only the lines around a marker are cut out and parsed (a read of a fast stream holds
+        # ~100 lines, and the one with the counts is the last)
+        starts: set[int] = set()
+        for m in self._markers:
+            at = buf.find(m, 0, end)
+            while at >= 0:
+                start = buf.rfind(b"\n", 0, at) + 1
+                starts.add(start)
+                stop = buf.find(b"\n", at, end)
+                if stop < 0:
+                    break
+                at = buf.find(m, stop, end)
+        for start in sorted(starts):
+            stop = buf.find(b"\n", start, end)
+            self._parse(bytes(buf[start : end if stop < 0 else stop]).strip())
 
     def _parse(self, line: bytes) -> None:
         if self._sse:
