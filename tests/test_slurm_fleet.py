@@ -365,3 +365,37 @@ def test_pool_entries_override_the_job_settings(tmp_path: Path) -> None:
     assert f"#SBATCH --job-name={JOB}-large-2" in fleet.lanes[2].backend.render_script()
     bad = LLMCore(LLMService(backend="slurm", slurm_max_jobs=2, slurm_min_jobs=3), runtime_dir=str(tmp_path))
     assert bad.config_error == "slurm_min_jobs must be between 0 and slurm_max_jobs (2)"
+
+
+@pytest.mark.asyncio
+async def test_one_job_coming_at_a_time_and_scale_out_by_depth(make, fake: FakeSlurm) -> None:
+    core = make(
+        slurm_max_jobs=3,
+        slurm_backend_env=ONE_AT_A_TIME,
+        slurm_scale_out_wait=0,  # by depth only: 2 waiting per serving job
+        slurm_scale_out_depth=2,
+        slurm_scale_out_after=0.2,
+    )
+    fleet = fleet_of(core)
+    await fleet.start()
+    await request(core, "m", 0.0)  # the first job runs
+    fake.auto_run = False  # the next ones pend: the partition is full
+    stop = asyncio.Event()
+
+    async def user_loop(user: str) -> None:
+        while not stop.is_set():
+            await request(core, "m", 0.05, user=user)
+
+    users = [asyncio.create_task(user_loop(f"u{i}")) for i in range(6)]
+    await until(lambda: len(fake.active()) == 2)
+    await asyncio.sleep(1.0)  # 5x scale_out_after with 5 waiting for 1 serving job
+    assert names(fake) == [JOB, f"{JOB}-2"], "no third job while the second one pends"
+    assert fleet.describe()["pools"][0]["message"].startswith(
+        "Default pool: 2 jobs of at most 3, 1 serving, 1 pending (starting job 2: "
+    )
+    (second,) = fake.active(f"{JOB}-2")
+    await fake.run(second.id)  # it starts: 2 serve, 4 wait = 2 per job: one more
+    await until(lambda: len(fake.active()) == 3)
+    assert [name for _, name in fleet.scale_outs] == [f"{JOB}-2", f"{JOB}-3"]
+    stop.set()
+    await asyncio.gather(*users)
