@@ -115,7 +115,7 @@ class LLMExtensionApp(ExtensionApp):
 
         provider = litellm_provider(os.environ, getattr(self, "service_url", ""))
         if provider is None:
-            self.log.info("jupyter_llm_af: Jupyternaut not preset (OLLAMA_API_BASE, OPENAI_BASE_URL are set)")
+            self.log.info("jupyter_llm_af: Jupyternaut not preset (OPENAI_BASE_URL points elsewhere)")
             return
         default = self.core.default_model()
         models = list(dict.fromkeys(m for m in [default, *self.core.catalogue.names] if m))

@@ -7,12 +7,12 @@ for every message, to ``model_provider_id`` of Jupyternaut's config file
 (``{jupyter_data_dir}/jupyter_ai/config.json``, which the ``JupyternautExtension.
 initial_language_model`` trait seeds); a model's keyword arguments come from ``fields[<id>]`` of
 the same file (the ``model_parameters`` trait) or from the custom model's ``params``, and go to
-LiteLLM. LiteLLM's ``ollama_chat/<model>`` reads ``OLLAMA_API_BASE`` and ``OLLAMA_API_KEY``, its
-``openai/<model>`` ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``, from the server's environment at call
-time, and the extension has put those there (:mod:`jupyter_llm_af.kernel_env`).
+LiteLLM. LiteLLM's ``openai/<model>`` reads ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY`` from the
+server's environment at call time, and the extension has put those there
+(:mod:`jupyter_llm_af.kernel_env`); see :func:`litellm_provider` for why not ``ollama_chat/``.
 
 So the preset is: "Default" = the service's default model, and one custom model per model of the
-service, each a LiteLLM id through whichever provider the environment routes to this service. The
+service, each a LiteLLM id (``openai/<model>``) through the environment's route to this service. The
 endpoint and token come from the environment, never from the config file: the file outlives the
 server (the token would stay on disk, and the port changes at each start).
 
@@ -72,18 +72,18 @@ class Preset:
 
 
 def litellm_provider(environ: Mapping[str, str], service_url: str) -> str | None:
-    """The LiteLLM provider that reaches this service through ``environ``, the server's environment.
+    """The LiteLLM provider that reaches this service through ``environ``, the server's environment:
+    ``openai`` when ``OPENAI_BASE_URL`` points here, else ``None`` (the user pointed it at a server
+    of their own: their key must not be sent here, nor ours there).
 
-    ``ollama_chat`` when ``OLLAMA_API_BASE`` points here (Jupyternaut then also asks Ollama for a
-    16k context), else ``openai`` when ``OPENAI_BASE_URL`` does, else ``None``: the user pointed
-    both at servers of their own, and their keys must not be sent here (nor ours there).
+    Not ``ollama_chat``, although ``OLLAMA_API_BASE`` points here too: for Ollama models LiteLLM
+    asks ``/api/show`` with a *synchronous* HTTP call from the server's event loop, the loop that
+    serves ``/llm/`` itself, so the server stood still until that call timed out (a streamed answer
+    paused for 100 s, Lab's pages did not load). Every backend serves the OpenAI chat API (Ollama
+    natively, llama.cpp and vLLM passed through).
     """
     base = service_url if service_url.endswith("/") else service_url + "/"
-    if environ.get("OLLAMA_API_BASE", "").rstrip("/") == base.rstrip("/"):
-        return "ollama_chat"
-    if environ.get("OPENAI_BASE_URL", "").rstrip("/") == base + "v1":
-        return "openai"
-    return None
+    return "openai" if environ.get("OPENAI_BASE_URL", "").rstrip("/") == base + "v1" else None
 
 
 def litellm_model_id(provider: str, model: str) -> str:

@@ -24,7 +24,7 @@ from tests.conftest import ROOT
 
 JAI3_PYTHON = ROOT / ".venv-jai3" / "bin" / "python"
 URL = "http://127.0.0.1:8888/llm/"
-OURS = CUSTOM_ID_PREFIX + "ollama_chat/smollm2:135m"
+OURS = CUSTOM_ID_PREFIX + "openai/smollm2:135m"
 
 
 def jai3_python() -> str:
@@ -43,50 +43,45 @@ def user_model(name: str = "mine") -> dict:
     }
 
 
-def test_provider_is_whichever_the_environment_routes_here() -> None:
+def test_provider_is_openai_when_the_environment_routes_it_here() -> None:
+    # LiteLLM's openai/ would call /api/show synchronously from the server's own event loop
     ours = {"OLLAMA_API_BASE": "http://127.0.0.1:8888/llm", "OPENAI_BASE_URL": URL + "v1"}
-    assert litellm_provider(ours, URL) == "ollama_chat"
-    # the user's own Ollama: through the OpenAI variables, which are still ours
+    assert litellm_provider(ours, URL) == "openai"
     assert litellm_provider({**ours, "OLLAMA_API_BASE": "http://gpu1:11434"}, URL) == "openai"
-    assert (
-        litellm_provider(
-            {"OLLAMA_API_BASE": "http://gpu1:11434", "OPENAI_BASE_URL": "https://api.openai.com/v1"}, URL
-        )
-        is None
-    )
+    assert litellm_provider({**ours, "OPENAI_BASE_URL": "https://api.openai.com/v1"}, URL) is None
     assert litellm_provider({}, URL) is None
 
 
 def test_first_start_presets_default_and_offers_the_services_models() -> None:
-    plan = plan_preset(None, [], {}, "ollama_chat", ["smollm2:135m", "gemma3:270m"], "smollm2:135m")
-    assert plan.model_provider_id == "ollama_chat/smollm2:135m"
+    plan = plan_preset(None, [], {}, "openai", ["smollm2:135m", "gemma3:270m"], "smollm2:135m")
+    assert plan.model_provider_id == "openai/smollm2:135m"
     assert plan.custom_models == [
-        custom_model("ollama_chat", "smollm2:135m"),
-        custom_model("ollama_chat", "gemma3:270m"),
+        custom_model("openai", "smollm2:135m"),
+        custom_model("openai", "gemma3:270m"),
     ]
     assert plan.custom_models[0] == {
         "id": OURS,
         "name": "smollm2:135m",
-        "model_id": "ollama_chat/smollm2:135m",
+        "model_id": "openai/smollm2:135m",
         "params": {},
         "description": plan.custom_models[0]["description"],
     }
     assert plan.marker == {
-        "model_provider_id": "ollama_chat/smollm2:135m",
-        "custom_models": sorted([OURS, CUSTOM_ID_PREFIX + "ollama_chat/gemma3:270m"]),
+        "model_provider_id": "openai/smollm2:135m",
+        "custom_models": sorted([OURS, CUSTOM_ID_PREFIX + "openai/gemma3:270m"]),
     }
 
 
 def test_a_default_set_by_someone_else_stays() -> None:
     # the user's (an older settings page) or an admin's initial_language_model
-    plan = plan_preset("openai/gpt-4o", [], {}, "ollama_chat", ["smollm2:135m"], "smollm2:135m")
+    plan = plan_preset("openai/gpt-4o", [], {}, "openai", ["smollm2:135m"], "smollm2:135m")
     assert plan.model_provider_id is None and "model_provider_id" not in plan.marker
     # the admin's trait, even when it names what was preset before
     plan = plan_preset(
-        "ollama_chat/smollm2:135m",
+        "openai/smollm2:135m",
         [],
-        {"model_provider_id": "ollama_chat/smollm2:135m"},
-        "ollama_chat",
+        {"model_provider_id": "openai/smollm2:135m"},
+        "openai",
         ["smollm2:135m"],
         "llama3:8b",
         admin_model=True,
@@ -95,19 +90,19 @@ def test_a_default_set_by_someone_else_stays() -> None:
 
 
 def test_our_default_follows_the_services_default() -> None:
-    marker = MarkerDoc(model_provider_id="ollama_chat/smollm2:135m")
-    plan = plan_preset("ollama_chat/smollm2:135m", [], marker, "ollama_chat", ["llama3:8b"], "llama3:8b")
-    assert plan.model_provider_id == "ollama_chat/llama3:8b"
+    marker = MarkerDoc(model_provider_id="openai/smollm2:135m")
+    plan = plan_preset("openai/smollm2:135m", [], marker, "openai", ["llama3:8b"], "llama3:8b")
+    assert plan.model_provider_id == "openai/llama3:8b"
     # default not known at this start (a Slurm backend without default_model): ours is kept
-    plan = plan_preset("ollama_chat/smollm2:135m", [], marker, "ollama_chat", [], None)
+    plan = plan_preset("openai/smollm2:135m", [], marker, "openai", [], None)
     assert plan.model_provider_id is None and plan.custom_models is None
-    assert plan.marker["model_provider_id"] == "ollama_chat/smollm2:135m"
+    assert plan.marker["model_provider_id"] == "openai/smollm2:135m"
     # unchanged: nothing to write
     plan = plan_preset(
-        "ollama_chat/smollm2:135m",
-        [custom_model("ollama_chat", "smollm2:135m")],
-        MarkerDoc(model_provider_id="ollama_chat/smollm2:135m", custom_models=[OURS]),
-        "ollama_chat",
+        "openai/smollm2:135m",
+        [custom_model("openai", "smollm2:135m")],
+        MarkerDoc(model_provider_id="openai/smollm2:135m", custom_models=[OURS]),
+        "openai",
         ["smollm2:135m"],
         "smollm2:135m",
     )
@@ -116,7 +111,7 @@ def test_our_default_follows_the_services_default() -> None:
 
 def test_the_users_custom_models_and_deletions_are_kept() -> None:
     edited = {
-        **custom_model("ollama_chat", "smollm2:135m"),
+        **custom_model("openai", "smollm2:135m"),
         "name": "tiny one",
         "params": {"temperature": 0.1},
     }
@@ -124,7 +119,7 @@ def test_the_users_custom_models_and_deletions_are_kept() -> None:
         None,
         [user_model(), edited],
         MarkerDoc(custom_models=[OURS]),
-        "ollama_chat",
+        "openai",
         ["smollm2:135m", "gemma3:270m"],
         "smollm2:135m",
     )
@@ -132,35 +127,35 @@ def test_the_users_custom_models_and_deletions_are_kept() -> None:
     assert [m["id"] for m in plan.custom_models] == [
         "custom-1234/mine",
         OURS,
-        CUSTOM_ID_PREFIX + "ollama_chat/gemma3:270m",
+        CUSTOM_ID_PREFIX + "openai/gemma3:270m",
     ]
     assert plan.custom_models[0] == user_model() and plan.custom_models[1] == edited
     # the user deleted ours: not added again
     plan = plan_preset(
-        None, [user_model()], MarkerDoc(custom_models=[OURS]), "ollama_chat", ["smollm2:135m"], "smollm2:135m"
+        None, [user_model()], MarkerDoc(custom_models=[OURS]), "openai", ["smollm2:135m"], "smollm2:135m"
     )
     assert plan.custom_models is None
     assert plan.marker["custom_models"] == [OURS]  # still remembered as deleted
 
 
 def test_models_the_service_lost_leave_the_picker_and_may_come_back() -> None:
-    gone = custom_model("ollama_chat", "old:1b")
+    gone = custom_model("openai", "old:1b")
     plan = plan_preset(
         None,
         [user_model(), gone],
         MarkerDoc(custom_models=[gone["id"]]),
-        "ollama_chat",
+        "openai",
         ["smollm2:135m"],
         "smollm2:135m",
     )
     assert plan.custom_models is not None
     assert [m["id"] for m in plan.custom_models] == ["custom-1234/mine", OURS]
     assert plan.marker["custom_models"] == [OURS]
-    # another provider reaches the service now: the entries follow
+    # another provider reaches the service now (an older preset used ollama_chat/): the entries follow
     plan = plan_preset(
         None,
         [custom_model("ollama_chat", "smollm2:135m")],
-        MarkerDoc(custom_models=[OURS]),
+        MarkerDoc(custom_models=[CUSTOM_ID_PREFIX + "ollama_chat/smollm2:135m"]),
         "openai",
         ["smollm2:135m"],
         "smollm2:135m",
@@ -171,8 +166,8 @@ def test_models_the_service_lost_leave_the_picker_and_may_come_back() -> None:
 def test_marker_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "jupyter_ai" / "marker.json"
     assert read_marker(path) == {}
-    write_marker(path, MarkerDoc(model_provider_id="ollama_chat/x", custom_models=[OURS]))
-    assert read_marker(path) == {"model_provider_id": "ollama_chat/x", "custom_models": [OURS]}
+    write_marker(path, MarkerDoc(model_provider_id="openai/x", custom_models=[OURS]))
+    assert read_marker(path) == {"model_provider_id": "openai/x", "custom_models": [OURS]}
     path.write_text("{not json")
     assert read_marker(path) == {}
 
@@ -186,7 +181,7 @@ PRESET_SCRIPT = textwrap.dedent(
     path, models, default = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
     defaults = json.loads(sys.argv[4])
     manager = ConfigManager(log=logging.getLogger(), defaults=defaults, config_path=path)
-    apply_preset(manager, "ollama_chat", models, default, admin_model="model_provider_id" in defaults)
+    apply_preset(manager, "openai", models, default, admin_model="model_provider_id" in defaults)
     # what the persona resolves "Default" to, and what its model picker lists first
     again = ConfigManager(log=logging.getLogger(), defaults={}, config_path=path)
     print(json.dumps({"chat_model": again.chat_model, "chat_model_args": again.chat_model_args,
@@ -219,11 +214,11 @@ def run_preset(path: Path, models: list[str], default: str, defaults: dict | Non
 def test_real_jupyternaut_config_manager(tmp_path: Path) -> None:
     config = tmp_path / "jupyter_ai" / "config.json"
     got = run_preset(config, ["smollm2:135m", "gemma3:270m"], "smollm2:135m")
-    assert got["chat_model"] == "ollama_chat/smollm2:135m"
+    assert got["chat_model"] == "openai/smollm2:135m"
     assert got["chat_model_args"] == {}  # endpoint and token come from the environment, not the file
     assert [c[:3] for c in got["custom"]] == [
-        [OURS, "smollm2:135m", "ollama_chat/smollm2:135m"],
-        [CUSTOM_ID_PREFIX + "ollama_chat/gemma3:270m", "gemma3:270m", "ollama_chat/gemma3:270m"],
+        [OURS, "smollm2:135m", "openai/smollm2:135m"],
+        [CUSTOM_ID_PREFIX + "openai/gemma3:270m", "gemma3:270m", "openai/gemma3:270m"],
     ]
     assert "token" not in config.read_text().lower()
 
@@ -232,11 +227,11 @@ def test_real_jupyternaut_config_manager(tmp_path: Path) -> None:
     doc["custom_models"] = [user_model(), doc["custom_models"][0]]
     config.write_text(json.dumps(doc))
     got = run_preset(config, ["llama3:8b", "smollm2:135m", "gemma3:270m"], "llama3:8b")
-    assert got["chat_model"] == "ollama_chat/llama3:8b"
+    assert got["chat_model"] == "openai/llama3:8b"
     assert [c[0] for c in got["custom"]] == [
         "custom-1234/mine",
         OURS,
-        CUSTOM_ID_PREFIX + "ollama_chat/llama3:8b",
+        CUSTOM_ID_PREFIX + "openai/llama3:8b",
     ]
     assert got["custom"][0][3] == {"api_base": "http://elsewhere/v1"}
 
