@@ -40,6 +40,8 @@ class ModelCatalogue:
         self.sizes_bytes: dict[str, int] = {}
         self._listings: dict[str, Any] = {}
         self._updated = 0.0
+        # what OpenAI-protocol backends' /v1/models said, per base URL: (when, models)
+        self._backend_models: dict[str, tuple[float, list[Any]]] = {}
 
     @property
     def age_s(self) -> float:
@@ -59,6 +61,21 @@ class ModelCatalogue:
         self.names = [str(m["name"]) for m in models]
         self.sizes_bytes = {str(m["name"]): _int(m.get("size")) for m in models}
         self._updated = time.monotonic()
+
+    def backend_models(self, base_url: str, max_age_s: float) -> list[Any] | None:
+        """The models the backend at ``base_url`` last listed, if that is at most ``max_age_s`` old."""
+        entry = self._backend_models.get(base_url)
+        if entry is not None and time.monotonic() - entry[0] < max_age_s:
+            return entry[1]
+        return None
+
+    def remember_backend_models(self, base_url: str, models: list[Any]) -> None:
+        if base_url not in self._backend_models and len(self._backend_models) >= 64:
+            self._backend_models.pop(next(iter(self._backend_models)))  # ended jobs: the oldest
+        self._backend_models[base_url] = (time.monotonic(), models)
+
+    def forget_backend_models(self) -> None:
+        self._backend_models.clear()
 
     def annotate(self, tags: Any) -> Any:
         """Add the site's note to the entries of an /api/tags-shaped document (in place)."""

@@ -380,6 +380,8 @@ class Upstream:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self._pool = _Pool()
+        self._parsed: dict[str, tuple[tuple[str, str, int], str]] = {}
+        self._hosts: dict[str, str] = {}  # base URL -> its Host header
         self._ssl: ssl.SSLContext | None = None
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=60.0, pool=None),
@@ -406,22 +408,34 @@ class Upstream:
         """A streamed backend response; failures before its head become :class:`UpstreamError`
         (``retryable``: nothing can have been answered yet), after it :class:`BackendBroke`.
         Cookies are never kept (there is no jar), redirects never followed, proxies never used."""
-        url, headers = self._target(base_url, path, incoming_headers)
+        _, headers = self._target(base_url, path, incoming_headers)
         if endpoint_headers:
             headers.update(endpoint_headers)
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https") or not parts.hostname:
-            raise UpstreamError(f"backend URL {base_url} is not http(s)://host[:port]/...")
-        key = (scheme, parts.hostname, parts.port or (443 if scheme == "https" else 80))
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        key, prefix = self._where(base_url)
         headers.setdefault("Accept", "*/*")
-        request = _encode_head(method, target, headers, body) + (body or b"")
+        request = _encode_head(method, prefix + path, headers, body) + (body or b"")
         resp = await self._send(key, base_url, method, request)
         try:
             yield resp
         finally:
             resp.release(self._pool, key)
+
+    def _where(self, base_url: str) -> tuple[tuple[str, str, int], str]:
+        """(scheme, host, port) and path prefix of a backend URL (parsed once per URL)."""
+        where = self._parsed.get(base_url)
+        if where is None:
+            parts = urlsplit(base_url)
+            scheme = parts.scheme.lower()
+            try:
+                port = parts.port or (443 if scheme == "https" else 80)
+            except ValueError:
+                port = 0
+            if scheme not in ("http", "https") or not parts.hostname or not port or parts.query:
+                raise UpstreamError(f"backend URL {base_url} is not http(s)://host[:port][/path]")
+            if len(self._parsed) > 256:
+                self._parsed.clear()
+            where = self._parsed[base_url] = ((scheme, parts.hostname, port), parts.path.rstrip("/"))
+        return where
 
     async def _send(
         self, key: tuple[str, str, int], base_url: str, method: str, request: bytes
@@ -508,7 +522,12 @@ class Upstream:
     ) -> tuple[str, dict[str, str]]:
         """URL and headers of a backend request: allow-listed headers, the backend's own Host."""
         headers = request_headers(incoming_headers or {}, self.extra_headers)
-        headers["Host"] = backend_host_header(base_url)
+        host = self._hosts.get(base_url)
+        if host is None:
+            if len(self._hosts) > 256:  # many ended jobs' URLs
+                self._hosts.clear()
+            host = self._hosts[base_url] = backend_host_header(base_url)
+        headers["Host"] = host
         own = self.endpoint_headers.get(base_url)
         if own:  # e.g. a Slurm job's gateway secret, for every request to that job
             headers.update(own)

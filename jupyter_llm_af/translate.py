@@ -29,11 +29,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-import aiohttp
 import httpx
 
 from .apis import reasoning_text, tool_input
-from .catalogue import ModelMeta
+from .catalogue import ModelCatalogue, ModelMeta
 from .errors import ServiceError as OllamaError
 from .errors import UpstreamError, backend_error_text, backend_failure_status
 from .forwarding import Upstream
@@ -79,18 +78,23 @@ class OpenAIToOllama:
     """Answers Ollama's ``/api/*`` by calling an OpenAI-compatible backend."""
 
     def __init__(
-        self, upstream: Upstream, model_meta: dict[str, ModelMeta] | None = None, cache_s: float = 5.0
+        self,
+        upstream: Upstream,
+        model_meta: dict[str, ModelMeta] | None = None,
+        cache_s: float = 5.0,
+        catalogue: ModelCatalogue | None = None,
     ):
         self.upstream = upstream
         self.model_meta = model_meta or {}
-        self._cache: tuple[float, str, list[BackendModel]] | None = None
+        # the backend's model list is remembered in the service's model catalogue (for cache_s)
+        self.catalogue = catalogue if catalogue is not None else ModelCatalogue()
         self._cache_s = cache_s
 
     # -- model list ---------------------------------------------------------------------
     async def models(self, base_url: str, fresh: bool = False) -> list[BackendModel]:
-        cached = self._cache
-        if not fresh and cached and cached[1] == base_url and time.monotonic() - cached[0] < self._cache_s:
-            return cached[2]
+        cached = None if fresh else self.catalogue.backend_models(base_url, self._cache_s)
+        if cached is not None:
+            return cached
         doc = await self.upstream.get_json(base_url, "/v1/models", timeout=30)
         models: list[BackendModel] = []
         for entry in (doc or {}).get("data", []) if isinstance(doc, dict) else []:
@@ -102,11 +106,11 @@ class OpenAIToOllama:
             # Prefer an Ollama-style alias ("smollm2:135m") as the public name.
             name = next((a for a in aliases if ":" in a), aliases[0] if aliases else backend_id)
             models.append(BackendModel(name, backend_id, loaded, entry.get("meta") or {}, router))
-        self._cache = (time.monotonic(), base_url, models)
+        self.catalogue.remember_backend_models(base_url, models)
         return models
 
     def invalidate(self) -> None:
-        self._cache = None
+        self.catalogue.forget_backend_models()
 
     async def resolve(self, base_url: str, name: Any) -> BackendModel:
         """The backend model for a requested name; 404 in Ollama's words when there is none."""
@@ -611,8 +615,8 @@ class OpenAIToOllama:
 # -- request checks and conversions ---------------------------------------------------------------
 _THINK_LEVELS = ("low", "medium", "high", "max")
 _INT_OPTIONS = {"top_k", "seed", "num_predict", "num_ctx", "num_keep", "repeat_last_n"}
-# Reads that fail mid-stream (httpx here; aiohttp where the caller streams with it).
-_READ_ERRORS = (httpx.HTTPError, aiohttp.ClientError, asyncio.TimeoutError)
+# Reads that fail mid-stream.
+_READ_ERRORS = (httpx.HTTPError, asyncio.TimeoutError)
 
 
 def _request_body(body: Any) -> dict[str, Any]:
