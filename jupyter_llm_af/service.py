@@ -68,8 +68,8 @@ class LLMCore:
                 headers.setdefault("Authorization", f"token {token}")
             self.parallelism = 1024  # the shared service queues; no second queue here
         self.upstream = Upstream(cfg.connect_timeout, cfg.read_timeout, headers)
-        self.translator = OpenAIToOllama(self.upstream, model_meta)
-        self.catalogue = ModelCatalogue(cfg.model_notes)
+        self.catalogue = ModelCatalogue(cfg.model_notes)  # one model catalogue, the translator's too
+        self.translator = OpenAIToOllama(self.upstream, model_meta, catalogue=self.catalogue)
         # Slots per model (the backend's parallelism per loaded model) under an overall cap that
         # lets every model that can be loaded at once run its slots: a short embedding need not
         # wait behind another model's long generations.
