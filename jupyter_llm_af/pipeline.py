@@ -330,6 +330,10 @@ class Pipeline:
             if cached is not None:
                 return json_reply(cached)
             # never seen a backend: the first listing starts one, like any request
+        elif req.service_path == "/api/ps" and hasattr(core.backend, "running_models"):
+            models = await core.backend.running_models()  # several jobs: what each one holds
+            if models is not None:
+                return json_reply({"models": models})
         return await self._leased(req, activity=False)
 
     async def _show(self, req: Request) -> Reply:

@@ -11,6 +11,7 @@ of every lane after a restart, the shape of ``/backend/state``. The real cluster
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -26,6 +27,8 @@ from jupyter_llm_af.backends.slurm import SlurmBackend
 from jupyter_llm_af.backends.slurm_fleet import SlurmFleet
 from jupyter_llm_af.config import LLMService
 from jupyter_llm_af.errors import BadRequest
+from jupyter_llm_af.pipeline import Identity, Request
+from jupyter_llm_af.routes import route_for
 from jupyter_llm_af.service import LLMCore
 from jupyter_llm_af.state import JobDoc, PoolDoc
 
@@ -399,3 +402,30 @@ async def test_one_job_coming_at_a_time_and_scale_out_by_depth(make, fake: FakeS
     assert [name for _, name in fleet.scale_outs] == [f"{JOB}-2", f"{JOB}-3"]
     stop.set()
     await asyncio.gather(*users)
+
+
+@pytest.mark.asyncio
+async def test_api_ps_lists_what_every_job_holds(make, fake: FakeSlurm) -> None:
+    """``GET /api/ps`` of a fleet asks every serving job: the panel's "Loaded now" and ``%llm
+    status`` show a model loaded on the second job too (one job's answer would hide it)."""
+    core = make(slurm_min_jobs=2)
+    fleet = fleet_of(core)
+    await fleet.start()
+    await until(lambda: all(lane.serving for lane in fleet.lanes))
+    loaded = {"coder:7b": 5e9, "chat:3b": 2e9}
+    for lane, name in zip(fleet.lanes, loaded, strict=True):
+        endpoint = lane.backend.serving_endpoint()
+        assert endpoint is not None
+        server = fake.jobs[endpoint.key].server
+        assert server is not None
+        server.models = [{"name": name, "model": name, "size": loaded[name], "size_vram": loaded[name]}]
+
+    request = Request(route_for("/api/ps"), "GET", Identity("u1"))
+    reply = await core.pipeline.handle(request)
+    assert reply.status == 200
+    assert sorted(m["name"] for m in json.loads(reply.body)["models"]) == sorted(loaded)
+    # and admission now knows both, without waiting for the next poll
+    assert {lane.name: lane.loaded for lane in fleet.lanes} == {
+        fleet.lanes[0].name: {"coder:7b": 5.0},
+        fleet.lanes[1].name: {"chat:3b": 2.0},
+    }

@@ -30,7 +30,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -83,6 +83,7 @@ class Lane:
     backend: SlurmBackend
     loaded: dict[str, float | None] | None = None  # its /api/ps (Ollama), None: not known
     ps_at: float = 0.0  # monotonic time of the last /api/ps
+    ps_entries: list[dict[str, Any]] = field(default_factory=list)  # that /api/ps's entries, as sent
 
     @property
     def name(self) -> str:
@@ -412,10 +413,20 @@ class SlurmFleet(Backend):
         ]
         for lane in self.lanes:
             if not lane.serving:
-                lane.loaded = None
+                lane.loaded, lane.ps_entries = None, []
         if not due or self._http is None:
             return
         await asyncio.gather(*(self._ps(lane, now) for lane in due))
+
+    async def running_models(self) -> list[dict[str, Any]] | None:
+        """``/api/ps`` of the whole fleet: every serving Ollama job asked now, entries merged (the
+        same model on two jobs is listed twice, as two loads). None: the jobs do not speak Ollama."""
+        if not self.ollama:
+            return None
+        serving = [lane for lane in self.lanes if lane.serving]
+        now = time.monotonic()
+        await asyncio.gather(*(self._ps(lane, now) for lane in serving))
+        return [entry for lane in serving if lane.serving for entry in lane.ps_entries]
 
     async def _ps(self, lane: Lane, now: float) -> None:
         endpoint = lane.backend.serving_endpoint()
@@ -430,6 +441,7 @@ class SlurmFleet(Backend):
             return
         if not isinstance(models, list):
             return
+        lane.ps_entries = [entry for entry in models if isinstance(entry, dict)]
         loaded: dict[str, float | None] = {}
         for entry in models:
             if not isinstance(entry, dict):
