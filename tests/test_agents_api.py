@@ -87,7 +87,8 @@ def test_head_probes_and_version(translated):
 @pytest.mark.llama
 def test_anthropic_sdk_native_embedded(embedded_service):
     c = _claude(embedded_service.url)
-    msg = c.messages.create(model="smollm2:135m", max_tokens=32, messages=ASK)
+    # greedy, so a 135M model's answer is the same each run (anthropic 2.x has no temperature argument)
+    msg = c.messages.create(model="smollm2:135m", max_tokens=32, messages=ASK, extra_body={"temperature": 0})
     assert "Paris" in msg.content[0].text and msg.model == "smollm2:135m"
     # the query string Claude Code sends
     r = httpx.post(

@@ -491,12 +491,14 @@ def test_claude_code_answers_in_a_lab_terminal(embedded_jupyter: Proc, agent_cli
 
 
 @pytest.mark.llama
+@pytest.mark.timeout(420)
 def test_codex_answers_in_a_lab_terminal(embedded_jupyter: Proc, agent_clis: dict[str, str]) -> None:
     """``codex exec`` with no flags but the one every non-git directory needs: the generated
     ``$CODEX_HOME/config.toml`` names the service's Responses API, its token variable and model."""
     codex = agent_clis["codex"]
-    command = f"cd \"$HOME\" && timeout 150 {codex} exec --skip-git-repo-check 'Say hi' < /dev/null 2>&1"
-    out = re.sub(r"\x1b\[[0-9;]*m", "", _shell(embedded_jupyter.extra["base"], command, timeout=180))
+    # Codex's own prompt is ~4.6k tokens: 1.5 min to read on two cores, longer when they are shared
+    command = f"cd \"$HOME\" && timeout 330 {codex} exec --skip-git-repo-check 'Say hi' < /dev/null 2>&1"
+    out = re.sub(r"\x1b\[[0-9;]*m", "", _shell(embedded_jupyter.extra["base"], command, timeout=360))
     assert "model: smollm2:135m" in out and "provider: llm_af" in out, out[-3000:]
     answer = out.split("\ncodex\n")[-1].split("tokens used")[0]
     assert "tokens used" in out and answer.strip(), out[-3000:]
