@@ -736,19 +736,23 @@ async def _sse_objects(resp: BackendResponse) -> AsyncIterator[dict[str, Any]]:
 async def _converted_sse(
     resp: BackendResponse, conv: anthropic.MessagesStream | responses.ResponsesStream
 ) -> AsyncIterator[bytes]:
-    yield conv.start()
+    # The opening event goes out with the first translated one, not before the backend has said
+    # anything: the time to the first byte (telemetry's TTFT) then includes reading the prompt,
+    # as it does on the pass-through path (a coding agent's 4.6k-token prompt: 90 s, not 0.05 s).
+    opening = conv.start()
     try:
         async for obj in _sse_objects(resp):
             out = conv.feed(obj)
             if out:
-                yield out
+                yield opening + out
+                opening = b""
     except ServiceError as e:
-        yield conv.error(e.message)
+        yield opening + conv.error(e.message)
         return
     except BackendBroke as e:
-        yield conv.error(f"backend connection lost: {e}")
+        yield opening + conv.error(f"backend connection lost: {e}")
         return
-    yield conv.finish()
+    yield opening + conv.finish()
 
 
 async def _ndjson(objects: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:

@@ -4,7 +4,9 @@ against a real llama-server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -14,6 +16,7 @@ import pytest
 from jupyter_llm_af import embedded
 from jupyter_llm_af.apis.responses import ResponsesStream, chat_to_response, responses_to_chat
 from jupyter_llm_af.errors import BadRequest, UpstreamError, render_error
+from jupyter_llm_af.pipeline import _converted_sse
 
 from .conftest import free_port, start_process
 
@@ -503,3 +506,34 @@ def test_sdk_against_real_llama_server_through_the_converters(llama):
     cut = client.responses.create(model="smollm2:135m", input=question, max_output_tokens=3)
     assert cut.status == "incomplete" and cut.incomplete_details.reason == "max_output_tokens"
     assert cut.usage.output_tokens == 3
+
+
+class _SlowBackend:
+    """A chat backend's SSE body that says nothing while it reads the prompt."""
+
+    def __init__(self, chunks: list[dict], think_s: float):
+        self.chunks, self.think_s = chunks, think_s
+
+    async def iter_any(self):
+        await asyncio.sleep(self.think_s)
+        for c in self.chunks:
+            yield b"data: " + json.dumps(c).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+
+@pytest.mark.asyncio
+async def test_translated_stream_opens_with_the_first_token_so_ttft_counts_the_prompt():
+    """``response.created`` goes out with the first delta, not before the backend has said anything:
+    telemetry's time to first byte then includes the prompt's reading (it showed 0.05 s for a
+    coding agent's 90 s prompt)."""
+    body = {"model": "m", "input": "hi", "stream": True}
+    t0 = time.monotonic()
+    chunks = _converted_sse(
+        _SlowBackend([text_chunk("Hel"), text_chunk("lo"), finish_chunk("stop")], 0.3), ResponsesStream(body)
+    )  # type: ignore[arg-type]
+    first = await chunks.__anext__()
+    assert time.monotonic() - t0 >= 0.3
+    first_events = [e["type"] for e in events_of(first)]
+    assert first_events[0] == "response.created" and "response.output_text.delta" in first_events
+    rest = b"".join([c async for c in chunks])
+    assert events_of(rest)[-1]["type"] == "response.completed"
