@@ -15,13 +15,14 @@ from typing import Any
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
-from tornado.ioloop import IOLoop
+from tornado.ioloop import IOLoop, PeriodicCallback
 
 from .config import LLMService
 from .handlers import LLMHandler, handler_specs
 from .pipeline import Identity
 from .service import LLMCore
 
+JUPYTERNAUT_RECHECK_S = 20  # how often a model list learnt after start reaches Jupyternaut
 MOUNT = "llm/"
 
 
@@ -56,6 +57,8 @@ def _os_user() -> str:
 class LLMExtensionApp(ExtensionApp):
     name = "jupyter_llm_af"
     load_other_extensions = True
+    _jupyternaut_follower: PeriodicCallback | None = None
+    _jupyternaut_models: tuple[str | None, tuple[str, ...]] = (None, ())
 
     @property
     def app(self) -> Any:
@@ -119,6 +122,14 @@ class LLMExtensionApp(ExtensionApp):
             return
         default = self.core.default_model()
         models = list(dict.fromkeys(m for m in [default, *self.core.catalogue.names] if m))
+        if self._jupyternaut_follower is None:
+            # A Slurm service knows its models only once a job has listed them: look again (an
+            # in-memory read) and preset when they change; a user's choices are still never touched.
+            self._jupyternaut_follower = PeriodicCallback(self._follow_models, JUPYTERNAUT_RECHECK_S * 1000)
+            self._jupyternaut_follower.start()
+        self._jupyternaut_models = (default, tuple(models))
+        if not models:
+            return
         admin_model = "initial_language_model" in self.app.config.get("JupyternautExtension", {})
         try:
             preset = apply_preset(manager, provider, models, default, admin_model=admin_model)
@@ -131,7 +142,15 @@ class LLMExtensionApp(ExtensionApp):
             ", ".join(preset.marker.get("custom_models", [])) or "none",
         )
 
+    def _follow_models(self) -> None:
+        default = self.core.default_model()
+        models = tuple(dict.fromkeys(m for m in [default, *self.core.catalogue.names] if m))
+        if (default, models) != self._jupyternaut_models:
+            self._preset_jupyternaut()
+
     async def stop_extension(self) -> None:
+        if self._jupyternaut_follower is not None:
+            self._jupyternaut_follower.stop()
         core = getattr(self, "core", None)
         if core is not None:
             await core.stop()
