@@ -4,6 +4,7 @@ server) started on free loopback ports and stopped by PID."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -223,3 +224,20 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("figures")
         for line in _FIGURES:
             terminalreporter.write_line(line)
+
+
+# The Claude Code and Codex CLIs (npm), shared by the Lab-terminal and standalone agent tests.
+AGENTS_DIR = Path.home() / ".cache" / "jupyter_llm_af" / "agents"
+
+
+@pytest.fixture(scope="session")
+def agent_clis() -> dict[str, str]:
+    """Claude Code and Codex CLIs from npm (cached; about 8 s to install)."""
+    bin_dir = AGENTS_DIR / "node_modules" / ".bin"
+    if not all((bin_dir / name).exists() for name in ("claude", "codex")):
+        npm = shutil.which("npm")
+        assert npm, "npm is needed to install the Claude Code and Codex CLIs"
+        packages = ["@anthropic-ai/claude-code@2", "@openai/codex"]
+        cmd = [npm, "install", "--silent", "--no-save", "--prefix", str(AGENTS_DIR), *packages]
+        subprocess.run(cmd, check=True, timeout=300)
+    return {name: str(bin_dir / name) for name in ("claude", "codex")}

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 import time
@@ -28,7 +27,6 @@ from jupyter_llm_af.kernel_env import codex_config
 
 from .conftest import PY, ROOT, Proc, embedded_available, free_port, start_process
 
-AGENTS_DIR = Path.home() / ".cache" / "jupyter_llm_af" / "agents"
 DOC_URL = "http://127.0.0.1:11434"  # the URL in the README's commands
 # what a test machine (or CI) may have set: none of it may reach the CLIs
 FOREIGN_VARS = re.compile(r"^(ANTHROPIC|OPENAI|OLLAMA|CODEX|JUPYTER_LLM_AF|CLAUDE)_")
@@ -90,19 +88,6 @@ def test_notebook_docs_show_the_codex_config_the_extension_writes() -> None:
 
 
 # -- the service and the CLIs -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def agent_clis() -> dict[str, str]:
-    """Claude Code and Codex CLIs from npm (cached with ``test_kernel_env``'s; about 8 s to install)."""
-    bin_dir = AGENTS_DIR / "node_modules" / ".bin"
-    if not all((bin_dir / name).exists() for name in ("claude", "codex")):
-        npm = shutil.which("npm")
-        assert npm, "npm is needed to install the Claude Code and Codex CLIs"
-        packages = ["@anthropic-ai/claude-code@2", "@openai/codex"]
-        cmd = [npm, "install", "--silent", "--no-save", "--prefix", str(AGENTS_DIR), *packages]
-        subprocess.run(cmd, check=True, timeout=300)
-    return {name: str(bin_dir / name) for name in ("claude", "codex")}
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -426,21 +424,6 @@ def test_kernels_get_the_same_variables(jupyter: tuple[Proc, FakeService, Path])
 
 
 # -- coding agents typed in a Lab terminal, answered by the embedded default ------------------------
-
-AGENTS_DIR = Path.home() / ".cache" / "jupyter_llm_af" / "agents"
-
-
-@pytest.fixture(scope="module")
-def agent_clis() -> dict[str, str]:
-    """Claude Code and Codex CLIs from npm (cached; about 8 s to install)."""
-    bin_dir = AGENTS_DIR / "node_modules" / ".bin"
-    if not all((bin_dir / name).exists() for name in ("claude", "codex")):
-        npm = shutil.which("npm")
-        assert npm, "npm is needed to install the Claude Code and Codex CLIs"
-        packages = ["@anthropic-ai/claude-code@2", "@openai/codex"]
-        cmd = [npm, "install", "--silent", "--no-save", "--prefix", str(AGENTS_DIR), *packages]
-        subprocess.run(cmd, check=True, timeout=300)
-    return {name: str(bin_dir / name) for name in ("claude", "codex")}
 
 
 @pytest.fixture(scope="module")
