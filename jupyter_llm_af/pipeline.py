@@ -330,7 +330,7 @@ class Pipeline:
             if cached is not None:
                 return json_reply(cached)
             # never seen a backend: the first listing starts one, like any request
-        elif req.service_path == "/api/ps" and hasattr(core.backend, "running_models"):
+        elif req.service_path == "/api/ps":
             models = await core.backend.running_models()  # several jobs: what each one holds
             if models is not None:
                 return json_reply({"models": models})

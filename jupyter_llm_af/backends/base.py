@@ -17,6 +17,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import Conflict
 from ..state import LauncherState
@@ -106,6 +107,10 @@ class Backend:
             return True
         except asyncio.TimeoutError:
             return False
+
+    async def running_models(self) -> list[dict[str, Any]] | None:
+        """``/api/ps`` entries gathered by the launcher itself (several jobs); None: ask the endpoint."""
+        return None
 
     def serving_url(self) -> str | None:
         """URL of a backend that serves right now, without starting anything (None: not ready)."""
