@@ -120,16 +120,18 @@ class LLMService(Configurable):
             "gemma3:270m": {
                 "max_tokens": 200,
                 "stop": ["<end_of_turn>", "<start_of_turn>", "\n\n\n"],
-                "max_tokens_cap": 2048,
+                "max_tokens_cap": 512,
             },
-            "smollm2:135m": {"max_tokens_cap": 2048},
+            "smollm2:135m": {"max_tokens_cap": 512},
         },
         config=True,
         help="""Generation defaults per model, applied when a request does not set them:
         ``max_tokens`` (Ollama: ``options.num_predict``) and ``stop``; ``max_tokens_cap`` clamps
         what any request may ask for (coding agents ask for 32000). Keeps base models (which
         never stop on their own) from filling the screen, and small models from holding a slot
-        for minutes.""",
+        for minutes. The embedded models' 512: their real answers are shorter (SmolLM2-135M's
+        stayed under 300 tokens), a ramble to 2048 took 1.5-3 min on one CPU thread, and Claude
+        Code asks up to 3 times more to go on after a ``max_tokens`` stop.""",
     )
     translate_routes = List(
         Unicode(),

@@ -18,16 +18,16 @@ DEFAULTS = LLMService().model_defaults
         ("/api/chat", {"model": "gemma3:270m"}, {"num_predict": 200}),
         ("/api/generate", {"model": "gemma3:270m", "options": {"num_predict": 50}}, {"num_predict": 50}),
         # coding agents ask for 32000 tokens: clamped to the model's cap in every API
-        ("/api/chat", {"model": "smollm2:135m", "options": {"num_predict": 5000}}, {"num_predict": 2048}),
-        ("/v1/messages", {"model": "smollm2:135m", "max_tokens": 32000}, {"max_tokens": 2048}),
+        ("/api/chat", {"model": "smollm2:135m", "options": {"num_predict": 5000}}, {"num_predict": 512}),
+        ("/v1/messages", {"model": "smollm2:135m", "max_tokens": 32000}, {"max_tokens": 512}),
         (
             "/v1/chat/completions",
             {"model": "smollm2:135m", "max_completion_tokens": 9000},
-            {"max_completion_tokens": 2048},
+            {"max_completion_tokens": 512},
         ),
         ("/v1/chat/completions", {"model": "smollm2:135m", "max_tokens": 10}, {"max_tokens": 10}),
         ("/v1/responses", {"model": "gemma3:270m"}, {"max_output_tokens": 200}),
-        ("/v1/responses", {"model": "smollm2:135m", "max_output_tokens": 99999}, {"max_output_tokens": 2048}),
+        ("/v1/responses", {"model": "smollm2:135m", "max_output_tokens": 99999}, {"max_output_tokens": 512}),
     ],
 )
 def test_defaults_and_caps(path: str, body: dict, expected: dict) -> None:
@@ -43,3 +43,10 @@ def test_models_without_defaults_and_embeddings_are_left_alone() -> None:
     emb = {"model": "smollm2:135m", "input": "x"}
     assert not apply_model_defaults(route_for("/v1/embeddings"), emb, DEFAULTS)
     assert emb == {"model": "smollm2:135m", "input": "x"}
+
+
+def test_every_embedded_model_has_a_small_cap() -> None:
+    """The embedded models run on CPUs: a ramble to the 32000 tokens an agent asks for (or to a
+    few thousand) would hold the model's slot for minutes, and Claude Code asks it to go on."""
+    for name in LLMService().embedded_models:
+        assert 0 < DEFAULTS[name]["max_tokens_cap"] <= 512, name
