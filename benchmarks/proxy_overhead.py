@@ -50,6 +50,7 @@ if sys.path and os.path.abspath(sys.path[0] or ".") == _HERE:
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import json  # noqa: E402
+import socket  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
@@ -227,6 +228,49 @@ def serve_backend(port: int, n_chunks: int) -> None:
             pass
         finally:
             writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=512)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        import signal
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with server:
+            await stop.wait()
+
+    asyncio.run(main())
+
+
+def serve_relay(port: int, upstream_port: int) -> None:
+    """The floor of any process hop: a byte relay with no HTTP at all. Each client connection gets
+    its own backend connection (kept as long as the client keeps its own), and every read is
+    written on at once. What the service adds beyond this is what its HTTP, auth, queue and
+    telemetry cost; what this adds over direct is the hop itself on this machine (its wake-ups,
+    and the third process that the client's first byte waits behind on a machine with 2 cores)."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            b_reader, b_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+        except OSError:
+            writer.close()
+            return
+        for w in (writer, b_writer):
+            sock = w.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await asyncio.gather(pipe(reader, b_writer), pipe(b_reader, writer))
 
     async def main() -> None:
         server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=512)
@@ -448,6 +492,23 @@ def start_stack(
     jauth = {"Authorization": f"token {TOKEN}"}
     llm_settings = ["--LLMService.max_concurrent=64", "--LLMService.max_queue_per_user=64"]
     targets = {"direct": Target("direct", burl, dict(hdrs))}
+    if "relay" in need:
+        port = free_port()
+        c = Child(
+            "relay",
+            [
+                PY,
+                os.path.abspath(__file__),
+                "--serve-relay",
+                "--port",
+                str(port),
+                "--upstream-port",
+                str(bport),
+            ],
+        )
+        children.append(c)
+        c.wait_ready(f"http://127.0.0.1:{port}/", timeout=30)
+        targets["relay"] = Target("relay", f"http://127.0.0.1:{port}", dict(hdrs), pid=c.pid)
     waits: list[tuple[Child, str, dict[str, str]]] = []
     for name in ("prev", "service"):  # all started at once, then waited for
         if name not in need or (name == "prev" and prev is None):
@@ -737,6 +798,18 @@ def report(
                     )
     for text, ok in checks:
         print(f"  {verdict(ok)}  {text}")
+    if "relay" in names:
+        # not a target: what the hop itself costs here, and what the service adds beyond it
+        print("\nFloor (the relay: bytes only, no HTTP), 1 stream, medians over rounds:")
+        for mode in modes:
+            for kind in ROUTES:
+                floor = agg(mode, kind, 1, "relay", "d50")
+                above = "  ".join(
+                    f"{n} {agg(mode, kind, 1, n, 'd50') - floor:+.2f} ms"
+                    for n in names
+                    if n not in ("direct", "relay")
+                )
+                print(f"  {mode} {kind}: the relay adds {floor:+.2f} ms TTFB; above it: {above}")
     return checks
 
 
@@ -847,8 +920,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--targets",
-        default="prev,service,prev-jupyter-ext,jupyter-ext,jsp",
-        help="prev / prev-jupyter-ext: the service / extension as of --prev-commit, from a git worktree",
+        default="relay,prev,service,prev-jupyter-ext,jupyter-ext,jsp",
+        help="relay: a byte relay (the floor of any process hop); prev / prev-jupyter-ext: the "
+        "service / extension as of --prev-commit, from a git worktree",
     )
     p.add_argument("--prev-commit", default=PREV_COMMIT)
     p.add_argument(
@@ -857,10 +931,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="profile the standalone service instead")
     p.add_argument("--profile-1", action="store_true", help="--profile: the 1-stream phases only")
     p.add_argument("--serve-backend", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--serve-relay", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--upstream-port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_backend:
         serve_backend(args.port, args.chunks)
+        return 0
+    if args.serve_relay:
+        serve_relay(args.port, args.upstream_port)
         return 0
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip() in MODES]
     if args.profile:
@@ -869,7 +948,7 @@ def main(argv: list[str] | None = None) -> int:
     need = {s.strip() for s in args.targets.split(",") if s.strip()}
     order = [
         "direct",
-        *(n for n in ("prev", "service", "prev-jupyter-ext", "jupyter-ext", "jsp") if n in need),
+        *(n for n in ("relay", "prev", "service", "prev-jupyter-ext", "jupyter-ext", "jsp") if n in need),
     ]
     t0 = time.monotonic()
     print(

@@ -7,6 +7,7 @@ service's URL and a token in their environment (without overwriting what the use
 
 from __future__ import annotations
 
+import functools
 import getpass
 import logging
 import os
@@ -47,6 +48,7 @@ class JupyterLLMHandler(LLMHandler, APIHandler):  # type: ignore[misc]  # prepar
         return Identity(owner, self.core.is_admin(owner, owner=True))
 
 
+@functools.cache  # asked per request; the process's user does not change
 def _os_user() -> str:
     try:
         return getpass.getuser()

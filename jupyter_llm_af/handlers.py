@@ -248,6 +248,9 @@ class LLMHandler(web.RequestHandler):
                     message = message % exc.args[2:]
         if not message or status_code >= 500:
             message = DEFAULT_MESSAGES.get(status_code) or httputil.responses.get(status_code, "error")
+        if status_code == 401 and self.request.headers.get("Authorization"):
+            # a token was sent (x-api-key is read as one too): it is the token that is wrong
+            message = "invalid token: the token sent in 'Authorization' (or 'x-api-key') is not accepted here"
         if status_code == 403 and "xsrf" in message.lower():
             message = "forbidden: missing XSRF token (send the _xsrf cookie value as X-XSRFToken)"
         if status_code >= 500:

@@ -286,6 +286,8 @@ class RequestRecord:
 def _logfmt_value(value: Any) -> str:
     if value is None:
         return "-"
+    if type(value) is int:  # most fields: counts and statuses
+        return str(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -501,7 +503,9 @@ class Telemetry:
             if self.access_log:
                 # the panel polls /backend/state and /queue: those GETs only at debug level
                 quiet = rec.api == "service" and rec.method in ("GET", "HEAD") and rec.status < 400
-                self.access_logger.log(logging.DEBUG if quiet else logging.INFO, "%s", format_access(rec))
+                level = logging.DEBUG if quiet else logging.INFO
+                if self.access_logger.isEnabledFor(level):  # a line nobody reads is not formatted
+                    self.access_logger.log(level, "%s", format_access(rec))
         except Exception:  # telemetry never breaks a request
             log.exception("jupyter_llm_af: recording request telemetry failed")
 

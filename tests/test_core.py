@@ -56,6 +56,12 @@ def test_standalone_refuses_every_route_unauthenticated(native_service, method):
                 assert "error" in body  # the API's own format, never an HTML page
                 if path.startswith("/v1/"):
                     assert body["error"]["type"] == "authentication_error"
+                text = json.dumps(body)
+                # the message says what is wrong: no token at all, or the token sent
+                if "Authorization" in headers:
+                    assert "invalid token" in text, text
+                else:
+                    assert "authentication required" in text, text
 
 
 def test_jupyter_refuses_every_route_unauthenticated(native_jupyter):
@@ -189,7 +195,7 @@ def test_curl_commands_from_the_docs(service_url):
     for path in ("api/tags", "api/ps"):
         out = subprocess.run(
             f"curl -s -H 'Authorization: Bearer {TOKEN}' {service_url}/{path}"
-            " | jq '.[\"models\"][][\"name\"]'",
+            ' | jq \'.["models"][]["name"]\'',
             shell=True,
             capture_output=True,
             text=True,
