@@ -502,18 +502,27 @@ def test_claude_code_answers_in_a_lab_terminal(embedded_jupyter: Proc, agent_cli
     print(_service_log(embedded_jupyter))  # shown with -rP: the requests' tokens and times
 
 
+CODEX_CUT = "Incomplete response returned, reason: max_output_tokens"
+
+
 @pytest.mark.llama
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(660)
 def test_codex_answers_in_a_lab_terminal(embedded_jupyter: Proc, agent_clis: dict[str, str]) -> None:
     """``codex exec`` with no flags but the one every non-git directory needs: the generated
     ``$CODEX_HOME/config.toml`` names the service's Responses API, its token variable and model."""
     codex = agent_clis["codex"]
     # Codex's own prompt is ~4.6k tokens: 1.5 min to read on two cores, longer when they are shared
     command = (
-        f"cd \"$HOME\" && timeout 330 {codex} exec --skip-git-repo-check 'Say hi' < /dev/null 2>&1;"
+        f"cd \"$HOME\" && timeout 300 {codex} exec --skip-git-repo-check 'Say hi' < /dev/null 2>&1;"
         ' echo "exit=$?"'
     )
-    out = re.sub(r"\x1b\[[0-9;]*m", "", _agent_in_terminal(embedded_jupyter, command, timeout=360))
+    out = re.sub(r"\x1b\[[0-9;]*m", "", _agent_in_terminal(embedded_jupyter, command, timeout=320))
+    if CODEX_CUT in out:
+        # Codex asks for no limit and stops with this error when an answer is cut at the 135M
+        # model's cap (it rambles under Codex's prompt now and then): the service did its part,
+        # and the model's next sample gets one more chance, which must answer cleanly.
+        print(f"first run cut at the cap:\n{out[-1500:]}\n{_service_log(embedded_jupyter)}")
+        out = re.sub(r"\x1b\[[0-9;]*m", "", _agent_in_terminal(embedded_jupyter, command, timeout=320))
     why = f"terminal:\n{out[-3000:]}\n{_service_log(embedded_jupyter)}"
     assert "exit=0" in out, why
     assert "model: smollm2:135m" in out and "provider: llm_af" in out, why
