@@ -195,6 +195,7 @@ def main() -> int:
     p.add_argument("--chunks", type=int, default=200, help="messages per streamed response")
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--keep-alive", action="store_true", help="one connection for all requests")
+    p.add_argument("--pace-ms", type=float, default=0.0, help="the backend's pause between messages")
     args = p.parse_args()
     n = max(20, min(args.requests, 5000))
     print(f"hop timeline: {args.chunks} messages per response, {n} requests; {machine_note()}", flush=True)
@@ -205,7 +206,9 @@ def main() -> int:
     try:
         bport, sport = free_port(), free_port()
         backend = Child(
-            "backend", [PY, bench, "--serve-backend", "--port", str(bport), "--chunks", str(args.chunks)]
+            "backend",
+            [PY, bench, "--serve-backend", "--port", str(bport), "--chunks", str(args.chunks)]
+            + ["--pace-ms", str(args.pace_ms)],
         )
         children.append(backend)
         backend.wait_ready(f"http://127.0.0.1:{bport}/", timeout=30)

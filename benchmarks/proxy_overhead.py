@@ -147,7 +147,7 @@ def _messages(kind: str, n: int) -> list[bytes]:
     return [_chunk(m) for m in out]
 
 
-def serve_backend(port: int, n_chunks: int) -> None:
+def serve_backend(port: int, n_chunks: int, pace_s: float = 0.0) -> None:
     """The backend's main: answers at once; a request may ask for another count (``options.num_predict``
     on ``/api/*``, ``max_tokens`` on ``/v1/*``), the default is ``n_chunks``."""
     ctypes = {
@@ -206,7 +206,9 @@ def serve_backend(port: int, n_chunks: int) -> None:
                         + ctypes[path]
                         + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
                     )
-                    for c in chunks_for(path, body):  # one write (one send) per message
+                    for i, c in enumerate(chunks_for(path, body)):  # one write (one send) per message
+                        if pace_s and i:
+                            await asyncio.sleep(pace_s)  # a model's pace: the next token comes later
                         writer.write(c)
                         await writer.drain()
                     writer.write(b"0\r\n\r\n")
@@ -475,14 +477,15 @@ def _jupyter(name: str, port: int, config: str, extra: list[str], prev: Worktree
 
 
 def start_stack(
-    children: list[Child], chunks: int, need: set[str], prev: Worktree | None = None
+    children: list[Child], chunks: int, need: set[str], prev: Worktree | None = None, pace_ms: float = 0.0
 ) -> dict[str, Target]:
     """Start the backend and one process per proxy (appended to ``children`` as they start, for the
     caller to stop); each proxy in its own process so that its CPU time can be read from /proc."""
     bport = free_port()
     backend = Child(
         "backend",
-        [PY, os.path.abspath(__file__), "--serve-backend", "--port", str(bport), "--chunks", str(chunks)],
+        [PY, os.path.abspath(__file__), "--serve-backend", "--port", str(bport), "--chunks", str(chunks)]
+        + ["--pace-ms", str(pace_ms)],
     )
     children.append(backend)
     backend.wait_ready(f"http://127.0.0.1:{bport}/", timeout=30)
@@ -932,11 +935,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-1", action="store_true", help="--profile: the 1-stream phases only")
     p.add_argument("--serve-backend", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--serve-relay", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--pace-ms",
+        type=float,
+        default=0.0,
+        help="the backend waits this long between messages (0: all at once, a burst)",
+    )
     p.add_argument("--upstream-port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_backend:
-        serve_backend(args.port, args.chunks)
+        serve_backend(args.port, args.chunks, args.pace_ms / 1000)
         return 0
     if args.serve_relay:
         serve_relay(args.port, args.upstream_port)
@@ -952,7 +961,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     t0 = time.monotonic()
     print(
-        f"proxy overhead: {args.chunks} messages per stream, {args.n1} requests at 1 stream, "
+        f"proxy overhead: {args.chunks} messages per stream"
+        + (f" ({args.pace_ms} ms apart)" if args.pace_ms else " (at once)")
+        + f", {args.n1} requests at 1 stream, "
         f"{args.n32} at 32, "
         f"{args.rounds} rounds; {machine_note()}",
         flush=True,
@@ -966,7 +977,7 @@ def main(argv: list[str] | None = None) -> int:
             if not where.startswith(PREV_DIR + "/"):
                 raise RuntimeError(f"the prev child would import jupyter_llm_af from {where}")
             print(f"  prev: {args.prev_commit} in {PREV_DIR} (imports {where})", flush=True)
-        targets = start_stack(children, args.chunks, need, prev)
+        targets = start_stack(children, args.chunks, need, prev, args.pace_ms)
         targets = {n: targets[n] for n in order if n in targets}
         print(f"  started {', '.join(c.name for c in children)} in {time.monotonic() - t0:.1f} s", flush=True)
         results = asyncio.run(bench(args, targets, args.time_cap - (time.monotonic() - t0)))
