@@ -38,6 +38,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def upstream_service_args(port: int, token: str, backend_url: str) -> list[str]:
+    """``jupyter-llm-af serve`` arguments (after ``serve``) for a service on loopback ``port``
+    with one API ``token``, forwarding to ``backend_url``."""
+    return ["--port", str(port), "--token", token, "--backend", "upstream", "--upstream-url", backend_url]
+
+
 class Child:
     """A child process with its output in a temporary log; stopped by its own PID (SIGTERM, then SIGKILL)."""
 

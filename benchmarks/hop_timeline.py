@@ -34,7 +34,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
-from benchmarks._common import PY, Child, free_port, machine_note  # noqa: E402
+from benchmarks._common import PY, Child, free_port, machine_note, upstream_service_args  # noqa: E402
 
 TOKEN = "timeline-" + os.urandom(6).hex()
 STEPS = [
@@ -72,13 +72,18 @@ def serve_stamped(out: str, argv: list[str]) -> None:
     def stamp(tag: str) -> None:
         current.setdefault(tag, clock())
 
-    def wrap(cls: Any, name: str, tag: str, is_async: bool = False) -> None:
+    def wrap(cls: Any, name: str, tag: str, is_async: bool = False, tag_after: str = "") -> None:
+        """Stamp ``tag`` when ``cls.name`` is called (and ``tag_after`` when a coroutine returns)."""
         orig = getattr(cls, name)
         if is_async:
 
             async def awrapper(*a: Any, **k: Any) -> Any:
                 stamp(tag)
-                return await orig(*a, **k)
+                try:
+                    return await orig(*a, **k)
+                finally:
+                    if tag_after:
+                        stamp(tag_after)
 
             setattr(cls, name, awrapper)
         else:
@@ -115,26 +120,8 @@ def serve_stamped(out: str, argv: list[str]) -> None:
     wrap(pipeline.Pipeline, "_to_backend", "to_backend", is_async=True)
     wrap(tornado.web.RequestHandler, "flush", "flush1")
     wrap(tornado.iostream.BaseIOStream, "_handle_write", "sent1")
-    handle = pipeline.Pipeline.handle
-
-    async def on_handle(self: Any, *a: Any, **k: Any) -> Any:
-        stamp("pipe_in")
-        try:
-            return await handle(self, *a, **k)
-        finally:
-            stamp("pipe_out")
-
-    pipeline.Pipeline.handle = on_handle  # type: ignore[method-assign]
-    exchange = forwarding.Upstream._exchange
-
-    async def on_exchange(self: Any, *a: Any, **k: Any) -> Any:
-        stamp("exch_in")
-        try:
-            return await exchange(self, *a, **k)
-        finally:
-            stamp("exch_out")
-
-    forwarding.Upstream._exchange = on_exchange  # type: ignore[method-assign]
+    wrap(pipeline.Pipeline, "handle", "pipe_in", is_async=True, tag_after="pipe_out")
+    wrap(forwarding.Upstream, "_exchange", "exch_in", is_async=True, tag_after="exch_out")
     app = ServeApp()
     app.initialize(argv)
     try:
@@ -220,14 +207,7 @@ def main() -> int:
                 "--serve-stamped",
                 stamps_file,
                 "serve",
-                "--port",
-                str(sport),
-                "--token",
-                TOKEN,
-                "--backend",
-                "upstream",
-                "--upstream-url",
-                f"http://127.0.0.1:{bport}",
+                *upstream_service_args(sport, TOKEN, f"http://127.0.0.1:{bport}"),
             ],
         )
         children.append(service)

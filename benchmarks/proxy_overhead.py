@@ -70,6 +70,7 @@ from benchmarks._common import (  # noqa: E402
     pct,
     rng,
     table,
+    upstream_service_args,
     verdict,
 )
 
@@ -145,6 +146,19 @@ def _messages(kind: str, n: int) -> list[bytes]:
         out.append(b"data: " + json.dumps(ev).encode() + b"\n\n")
         out.append(b"data: [DONE]\n\n")
     return [_chunk(m) for m in out]
+
+
+async def serve_until_signalled(handle: Any, port: int) -> None:
+    """An asyncio server for ``handle`` on loopback ``port`` until SIGINT or SIGTERM."""
+    import signal
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=512)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
 
 
 def serve_backend(port: int, n_chunks: int, pace_s: float = 0.0) -> None:
@@ -231,18 +245,7 @@ def serve_backend(port: int, n_chunks: int, pace_s: float = 0.0) -> None:
         finally:
             writer.close()
 
-    async def main() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=512)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        import signal
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        async with server:
-            await stop.wait()
-
-    asyncio.run(main())
+    asyncio.run(serve_until_signalled(handle, port))
 
 
 def serve_relay(port: int, upstream_port: int) -> None:
@@ -274,18 +277,7 @@ def serve_relay(port: int, upstream_port: int) -> None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         await asyncio.gather(pipe(reader, b_writer), pipe(b_reader, writer))
 
-    async def main() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=512)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        import signal
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        async with server:
-            await stop.wait()
-
-    asyncio.run(main())
+    asyncio.run(serve_until_signalled(handle, port))
 
 
 def serve_profiled(out: str, argv: list[str]) -> None:
@@ -524,14 +516,7 @@ def start_stack(
                 "-m",
                 "jupyter_llm_af",
                 "serve",
-                "--port",
-                str(port),
-                "--token",
-                TOKEN,
-                "--backend",
-                "upstream",
-                "--upstream-url",
-                burl,
+                *upstream_service_args(port, TOKEN, burl),
                 *llm_settings,
             ],
             env=prev.env if name == "prev" and prev else None,
@@ -848,14 +833,7 @@ def profile(args: argparse.Namespace) -> None:
                 "--serve-profiled",
                 out,
                 "--",
-                "--port",
-                str(sport),
-                "--token",
-                TOKEN,
-                "--backend",
-                "upstream",
-                "--upstream-url",
-                f"http://127.0.0.1:{bport}",
+                *upstream_service_args(sport, TOKEN, f"http://127.0.0.1:{bport}"),
                 "--LLMService.max_concurrent=64",
                 "--LLMService.max_queue_per_user=64",
             ],

@@ -58,6 +58,7 @@ from benchmarks._common import (  # noqa: E402
     pct,
     rng,
     table,
+    upstream_service_args,
     verdict,
 )
 
@@ -342,14 +343,7 @@ async def fast_backend(args: argparse.Namespace, budget_s: float) -> None:
                 "-m",
                 "jupyter_llm_af",
                 "serve",
-                "--port",
-                str(sport),
-                "--token",
-                TOKEN,
-                "--backend",
-                "upstream",
-                "--upstream-url",
-                f"http://127.0.0.1:{bport}",
+                *upstream_service_args(sport, TOKEN, f"http://127.0.0.1:{bport}"),
                 "--protocol",
                 "openai",
             ],
