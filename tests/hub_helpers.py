@@ -34,8 +34,10 @@ def chp_missing() -> str | None:
     path = chp_bin()
     if os.access(path, os.X_OK):
         return None
-    return (f"configurable-http-proxy not found at {path} (set $CHP_BIN, or run `npm install --prefix "
-            f".ci/cache/chp --no-save configurable-http-proxy@5`; scripts/install.sh --test does)")
+    return (
+        f"configurable-http-proxy not found at {path} (set $CHP_BIN, or run `npm install --prefix "
+        f".ci/cache/chp --no-save configurable-http-proxy@5`; scripts/install.sh --test does)"
+    )
 
 
 # -- process tree (Linux /proc), so cleanup can end leftovers by PID -----------------------------
@@ -110,16 +112,23 @@ class Hub:
 
     def api(self, method: str, path: str, user: str = "admin", **kw: Any) -> httpx.Response:
         """The hub's REST API (``/hub/api/...``) as ``user``."""
-        return httpx.request(method, f"{self.url}/hub/api/{path.lstrip('/')}", headers=self.headers(user),
-                             timeout=30, **kw)
+        return httpx.request(
+            method, f"{self.url}/hub/api/{path.lstrip('/')}", headers=self.headers(user), timeout=30, **kw
+        )
 
     def svc(self, method: str, path: str, user: str | None = None, **kw: Any) -> httpx.Response:
         """The ``llm`` service through the proxy, as ``user`` (None: unauthenticated)."""
         headers = dict(kw.pop("headers", {}) or {})
         if user is not None:
             headers.update(self.headers(user))
-        return httpx.request(method, f"{self.url}/services/llm/{path.lstrip('/')}", headers=headers,
-                             timeout=30, follow_redirects=False, **kw)
+        return httpx.request(
+            method,
+            f"{self.url}/services/llm/{path.lstrip('/')}",
+            headers=headers,
+            timeout=30,
+            follow_redirects=False,
+            **kw,
+        )
 
     def remember_children(self) -> None:
         if self.popen.poll() is None:
@@ -159,8 +168,12 @@ def start_hub(state_dir: Path, delay: float = 0.2, timeout: float = 120) -> Hub:
     try:
         with open(state_dir / "hub.log", "wb") as log:  # the child keeps its own descriptor
             popen = subprocess.Popen(
-                [PY, "-m", "jupyterhub", "-f", str(HUB_CONFIG)], cwd=state_dir, env=env,
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [PY, "-m", "jupyterhub", "-f", str(HUB_CONFIG)],
+                cwd=state_dir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
     except BaseException:
         double.stop()
@@ -192,14 +205,22 @@ def _wait_ready(hub: Hub, timeout: float) -> None:
         raise RuntimeError(f"jupyterhub: {what} not within {timeout} s:\n{hub.log()}")
 
     # the proxy answers 404 until the hub has added its routes: poll through the public port
-    poll("GET /hub/api/ through the proxy",
-         lambda: httpx.get(hub.url + "/hub/api/", timeout=2).status_code == 200)
+    poll(
+        "GET /hub/api/ through the proxy",
+        lambda: httpx.get(hub.url + "/hub/api/", timeout=2).status_code == 200,
+    )
 
     # a token for the hub admin, by authenticating in the request body (DummyAuthenticator)
     def admin_token() -> str | None:
-        r = httpx.post(hub.url + "/hub/api/users/admin/tokens", timeout=10,
-                       json={"auth": {"username": "admin", "password": "any"}, "note": "test_hub admin",
-                             "expires_in": 3600})
+        r = httpx.post(
+            hub.url + "/hub/api/users/admin/tokens",
+            timeout=10,
+            json={
+                "auth": {"username": "admin", "password": "any"},
+                "note": "test_hub admin",
+                "expires_in": 3600,
+            },
+        )
         return r.json()["token"] if r.status_code in (200, 201) else None
 
     hub.tokens["admin"] = poll("an admin token", admin_token)
@@ -211,8 +232,10 @@ def _wait_ready(hub: Hub, timeout: float) -> None:
         if r.status_code not in (200, 201):
             raise RuntimeError(f"token for {user}: {r.status_code} {r.text}")
         hub.tokens[user] = r.json()["token"]
-    poll("the llm service through the proxy",
-         lambda: hub.svc("GET", "backend/state", user="admin").status_code == 200)
+    poll(
+        "the llm service through the proxy",
+        lambda: hub.svc("GET", "backend/state", user="admin").status_code == 200,
+    )
     hub.remember_children()
 
 

@@ -144,7 +144,7 @@ def test_openai_client_pass_through(embedded_service):
 def test_curl_docs_commands(embedded_service):
     out = subprocess.run(
         f"curl -s -H 'Authorization: Bearer {TOKEN}' {embedded_service.url}/api/tags"
-        " | jq -r '.[\"models\"][][\"name\"]'",
+        ' | jq -r \'.["models"][]["name"]\'',
         shell=True,
         capture_output=True,
         text=True,

@@ -48,8 +48,9 @@ def ollama_client(hub: hh.Hub, user: str, base: str | None = None) -> ollama.Cli
 
 
 def openai_client(hub: hh.Hub, user: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=hub.url + "/services/llm/v1", api_key=hub.tokens[user], max_retries=0,
-                         timeout=30)
+    return openai.OpenAI(
+        base_url=hub.url + "/services/llm/v1", api_key=hub.tokens[user], max_retries=0, timeout=30
+    )
 
 
 def words(n: int) -> str:
@@ -79,8 +80,9 @@ class Streamer(threading.Thread):
 
     def run(self) -> None:
         try:
-            for part in self.client.chat(model=MODEL, messages=MESSAGES, stream=True,
-                                         options={"num_predict": self.n}):
+            for part in self.client.chat(
+                model=MODEL, messages=MESSAGES, stream=True, options={"num_predict": self.n}
+            ):
                 self.text += part.message.content or ""
         except BaseException as e:  # reported by result()
             self.error = e
@@ -152,8 +154,10 @@ def test_identity_privacy_and_one_shared_backend(hub: hh.Hub) -> None:
         s.start()
     try:
         # ONE service process, ONE backend: alice's view of the queue counts bob's stream too
-        running = wait_for("both streams running in the one service",
-                           lambda: hub.svc("GET", "backend/state", "alice").json()["queue"]["running"] == 2)
+        running = wait_for(
+            "both streams running in the one service",
+            lambda: hub.svc("GET", "backend/state", "alice").json()["queue"]["running"] == 2,
+        )
         assert running
         for me, other in (("alice", "bob"), ("bob", "alice")):
             r = hub.svc("GET", "queue", me)
@@ -184,15 +188,17 @@ def test_single_user_server_reaches_service_with_its_own_token(hub: hh.Hub) -> N
     relay.start()
     try:
         # while it is in flight the service sees it as alice's (the server token's owner)
-        entries = wait_for("the relayed request at the service",
-                           lambda: hub.svc("GET", "queue", "admin").json()["all"])
+        entries = wait_for(
+            "the relayed request at the service", lambda: hub.svc("GET", "queue", "admin").json()["all"]
+        )
         assert [e["user"] for e in entries] == ["alice"], entries
     finally:
         text = relay.result()
     assert text == words(10)
     # and a plain (non-streaming) request through the relay
     reply = ollama_client(hub, "alice", base=server + "/llm").chat(
-        model=MODEL, messages=MESSAGES, options={"num_predict": 2})
+        model=MODEL, messages=MESSAGES, options={"num_predict": 2}
+    )
     assert reply.message.content.strip() == words(2)
 
 

@@ -253,6 +253,8 @@ def test_prometheus_without_the_token_gets_nothing(token):
             wait_for(url, 'up{job="jupyter-llm-af"}', 0)
             assert answered and set(answered) == {401}
             assert query(url, "jupyter_llm_af_requests_total") == []
+
+
 def test_prometheus_scrapes_the_service(ollama_double):
     """The real standalone service in front of the Ollama double: traffic through its APIs, then
     Prometheus reads the request, queue and token series from its /metrics (metrics token), and

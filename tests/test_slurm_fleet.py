@@ -127,9 +127,7 @@ def test_unknown_pool_setting_is_a_config_error(tmp_path: Path) -> None:
 
 @pytest.mark.asyncio
 async def test_scale_out_after_sustained_demand_not_on_a_blip(make, fake: FakeSlurm) -> None:
-    core = make(
-        slurm_backend_env=ONE_AT_A_TIME, slurm_scale_out_wait=0.15, slurm_scale_out_after=0.4
-    )
+    core = make(slurm_backend_env=ONE_AT_A_TIME, slurm_scale_out_wait=0.15, slurm_scale_out_after=0.4)
     fleet = fleet_of(core)
     await fleet.start()
     assert names(fake) == [] and [w["key"] for w in core.admission.workers()] == [JOB], "one standby"

@@ -49,16 +49,31 @@ c.Spawner.environment = {
 }
 
 # the README's section "One shared service for a whole JupyterHub"
-c.JupyterHub.services = [{
-    "name": "llm",
-    "url": "http://127.0.0.1:" + os.environ["SVC_PORT"],
-    "command": [PY, "-m", "jupyter_llm_af", "serve", "--port", os.environ["SVC_PORT"],
-                "--backend", "upstream", "--upstream-url", os.environ["LLM_TEST_UPSTREAM"],
-                "--config", os.path.join(HERE, "llm_config.py")],
-    "cwd": STATE,
-    "oauth_no_confirm": True,
-}]
+c.JupyterHub.services = [
+    {
+        "name": "llm",
+        "url": "http://127.0.0.1:" + os.environ["SVC_PORT"],
+        "command": [
+            PY,
+            "-m",
+            "jupyter_llm_af",
+            "serve",
+            "--port",
+            os.environ["SVC_PORT"],
+            "--backend",
+            "upstream",
+            "--upstream-url",
+            os.environ["LLM_TEST_UPSTREAM"],
+            "--config",
+            os.path.join(HERE, "llm_config.py"),
+        ],
+        "cwd": STATE,
+        "oauth_no_confirm": True,
+    }
+]
 c.JupyterHub.load_roles = [{"name": "user", "scopes": ["self", "access:services!service=llm"]}]
 c.Spawner.server_token_scopes = [
-    "users:activity!user", "access:servers!server", "access:services!service=llm",
+    "users:activity!user",
+    "access:servers!server",
+    "access:services!service=llm",
 ]

@@ -29,7 +29,9 @@ class Echo(BaseHTTPRequestHandler):
 
 def start_header_echo() -> Proc:
     port = free_port()
-    return start_process([sys.executable, "-m", "tests.resources.header_echo", str(port)], f"http://127.0.0.1:{port}/")
+    return start_process(
+        [sys.executable, "-m", "tests.resources.header_echo", str(port)], f"http://127.0.0.1:{port}/"
+    )
 
 
 if __name__ == "__main__":
