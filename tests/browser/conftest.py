@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,10 +43,19 @@ PANEL = "#jupyter-llm-af-panel"
 PANEL_TAB = '.jp-SideBar.jp-mod-left li[data-id="jupyter-llm-af-panel"]'
 
 
-def start_lab(llm_config: dict[str, Any], timeout: float = 90) -> Proc:
-    """``jupyter lab`` on a free loopback port with isolated config, runtime, settings and workspaces.
+def start_lab(
+    llm_config: dict[str, Any],
+    timeout: float = 90,
+    *,
+    python: str = PY,
+    server_config: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> Proc:
+    """``jupyter lab`` on a free loopback port with isolated config, runtime, settings and
+    workspaces (``proc.extra``: ``base`` URL, ``tmp`` dir, ``start_s``).
 
-    ``llm_config`` is the ``LLMService`` section of its config file.
+    ``llm_config`` is the ``LLMService`` section of its config file, ``server_config`` more
+    sections; ``python`` the interpreter whose Lab runs; ``env`` more environment.
     """
     if not (BUILD / "static" / "style.js").exists():
         pytest.fail(
@@ -54,9 +64,8 @@ def start_lab(llm_config: dict[str, Any], timeout: float = 90) -> Proc:
     tmp = Path(tempfile.mkdtemp(prefix="llm-af-lab-"))
     config_dir = tmp / "config"
     config_dir.mkdir()
-    (config_dir / "jupyter_server_config.json").write_text(
-        json.dumps({"ServerApp": {"jpserver_extensions": {"jupyter_llm_af": True}}, "LLMService": llm_config})
-    )
+    config = {"ServerApp": {"jpserver_extensions": {"jupyter_llm_af": True}}, "LLMService": llm_config}
+    (config_dir / "jupyter_server_config.json").write_text(json.dumps({**config, **(server_config or {})}))
     settings = tmp / "settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     # no "get notified about Jupyter news?" toast over the screenshots
@@ -69,17 +78,19 @@ def start_lab(llm_config: dict[str, Any], timeout: float = 90) -> Proc:
     (labextensions / "jupyter-llm-af").symlink_to(BUILD, target_is_directory=True)
     root = tmp / "root"
     root.mkdir()
-    env = {
+    lab_env = {
         "JUPYTER_CONFIG_DIR": str(config_dir),
         "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
         "JUPYTERLAB_SETTINGS_DIR": str(tmp / "settings"),
         "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces"),
         "JUPYTER_PATH": str(tmp / "path"),
+        **(env or {}),
     }
     port = free_port()
+    t0 = time.monotonic()
     proc = start_process(
         [
-            PY,
+            python,
             "-m",
             "jupyterlab",
             "--no-browser",
@@ -92,10 +103,10 @@ def start_lab(llm_config: dict[str, Any], timeout: float = 90) -> Proc:
         ],
         f"http://127.0.0.1:{port}/api/status",
         headers=auth(),
-        env=env,
+        env=lab_env,
         timeout=timeout,
     )
-    proc.extra.update(base=f"http://127.0.0.1:{port}/", tmp=tmp)
+    proc.extra.update(base=f"http://127.0.0.1:{port}/", tmp=tmp, start_s=time.monotonic() - t0)
     return proc
 
 

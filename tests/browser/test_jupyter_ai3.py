@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.browser.conftest import BUILD, screenshot
-from tests.conftest import ROOT, TOKEN, Proc, auth, embedded_available, free_port, start_process
+from tests.browser.conftest import screenshot, start_lab
+from tests.conftest import ROOT, TOKEN, Proc, auth, embedded_available
 
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
@@ -41,36 +41,9 @@ def lab3() -> Iterator[Proc]:
         pytest.fail("embedded backend not set up: run `jupyter-llm-af setup-local` (CI does)")
     from jupyter_llm_af import embedded
 
-    tmp = Path(tempfile.mkdtemp(prefix="llm-af-jai3-"))
-    config = tmp / "config"
-    config.mkdir()
-    (config / "jupyter_server_config.json").write_text(
-        json.dumps(
-            {
-                "ServerApp": {"jpserver_extensions": {"jupyter_llm_af": True}},
-                "LLMService": {"backend": "local"},
-                # jupyter-server-mcp (a jupyter-ai 3 dependency) listens on 3001 unless told otherwise
-                "MCPExtensionApp": {"mcp_port": 0},
-            }
-        )
-    )
-    settings = tmp / "settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false", "checkForUpdates": False})
-    )
-    labextensions = tmp / "path" / "labextensions"
-    labextensions.mkdir(parents=True)
-    (labextensions / "jupyter-llm-af").symlink_to(BUILD, target_is_directory=True)
-    root = tmp / "root"
-    root.mkdir()
+    data = Path(tempfile.mkdtemp(prefix="llm-af-jai3-data-"))  # a fresh user: Jupyternaut's config.json
     env = {
-        "JUPYTER_CONFIG_DIR": str(config),
-        "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
-        "JUPYTER_DATA_DIR": str(tmp / "data"),  # Jupyternaut's config.json lives here: a fresh user
-        "JUPYTERLAB_SETTINGS_DIR": str(tmp / "settings"),
-        "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces"),
-        "JUPYTER_PATH": str(tmp / "path"),
+        "JUPYTER_DATA_DIR": str(data),
         "JUPYTER_LLM_AF_DATA_DIR": str(embedded.data_dir()),
         # LiteLLM fetches its model price list from the internet at import unless told not to
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
@@ -90,30 +63,19 @@ def lab3() -> Iterator[Proc]:
             "",
         ),
     }
-    port = free_port()
-    t0 = time.monotonic()
-    proc = start_process(
-        [
-            str(JAI3),
-            "-m",
-            "jupyterlab",
-            "--no-browser",
-            "--allow-root",
-            "--ip=127.0.0.1",
-            f"--port={port}",
-            f"--IdentityProvider.token={TOKEN}",
-            f"--ServerApp.root_dir={root}",
-            "--LabApp.expose_app_in_browser=True",
-        ],
-        f"http://127.0.0.1:{port}/api/status",
-        headers=auth(),
-        env=env,
+    proc = start_lab(
+        {"backend": "local"},
         timeout=180,  # importing jupyter-ai 3 (LiteLLM, LangChain) takes ~15 s on 2 cores
+        python=str(JAI3),
+        # jupyter-server-mcp (a jupyter-ai 3 dependency) listens on 3001 unless told otherwise
+        server_config={"MCPExtensionApp": {"mcp_port": 0}},
+        env=env,
     )
-    proc.extra.update(base=f"http://127.0.0.1:{port}/", tmp=tmp, start_s=time.monotonic() - t0)
+    proc.extra["data"] = data
     yield proc
     proc.stop()
-    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(proc.extra["tmp"], ignore_errors=True)
+    shutil.rmtree(data, ignore_errors=True)
 
 
 def lab_log(lab: Proc) -> str:
@@ -134,7 +96,7 @@ def test_jupyternaut_is_preset_to_the_service(lab3: Proc) -> None:
     assert f"openai/{MODEL}" in offered
     assert offered[f"openai/{MODEL}"]["params"] == {}
     assert TOKEN not in json.dumps(doc)
-    assert TOKEN not in (Path(lab3.extra["tmp"]) / "data" / "jupyter_ai" / "config.json").read_text()
+    assert TOKEN not in (Path(lab3.extra["data"]) / "jupyter_ai" / "config.json").read_text()
 
 
 @pytest.mark.timeout(660)
