@@ -35,6 +35,7 @@ import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 from benchmarks._common import PY, Child, free_port, machine_note, upstream_service_args  # noqa: E402
+from benchmarks.proxy_overhead import start_backend  # noqa: E402
 
 TOKEN = "timeline-" + os.urandom(6).hex()
 STEPS = [
@@ -189,16 +190,8 @@ def main() -> int:
     children: list[Child] = []
     tmp = tempfile.mkdtemp(prefix="llm-af-timeline-")
     stamps_file = os.path.join(tmp, "stamps.json")
-    bench = os.path.join(_HERE, "proxy_overhead.py")
     try:
-        bport, sport = free_port(), free_port()
-        backend = Child(
-            "backend",
-            [PY, bench, "--serve-backend", "--port", str(bport), "--chunks", str(args.chunks)]
-            + ["--pace-ms", str(args.pace_ms)],
-        )
-        children.append(backend)
-        backend.wait_ready(f"http://127.0.0.1:{bport}/", timeout=30)
+        bport, sport = start_backend(children, args.chunks, args.pace_ms), free_port()
         service = Child(
             "service",
             [

@@ -468,19 +468,28 @@ def _jupyter(name: str, port: int, config: str, extra: list[str], prev: Worktree
     return child
 
 
+def in_script(name: str, *args: str) -> Child:
+    """A server of this script (``--serve-backend``, ``--serve-relay``) as a child process."""
+    return Child(name, [PY, os.path.abspath(__file__), *args])
+
+
+def start_backend(children: list[Child], chunks: int, pace_ms: float = 0.0) -> int:
+    """The streaming backend (appended to ``children``), ready; returns its port."""
+    port = free_port()
+    backend = in_script(
+        "backend", "--serve-backend", "--port", str(port), "--chunks", str(chunks), "--pace-ms", str(pace_ms)
+    )
+    children.append(backend)
+    backend.wait_ready(f"http://127.0.0.1:{port}/", timeout=30)
+    return port
+
+
 def start_stack(
     children: list[Child], chunks: int, need: set[str], prev: Worktree | None = None, pace_ms: float = 0.0
 ) -> dict[str, Target]:
     """Start the backend and one process per proxy (appended to ``children`` as they start, for the
     caller to stop); each proxy in its own process so that its CPU time can be read from /proc."""
-    bport = free_port()
-    backend = Child(
-        "backend",
-        [PY, os.path.abspath(__file__), "--serve-backend", "--port", str(bport), "--chunks", str(chunks)]
-        + ["--pace-ms", str(pace_ms)],
-    )
-    children.append(backend)
-    backend.wait_ready(f"http://127.0.0.1:{bport}/", timeout=30)
+    bport = start_backend(children, chunks, pace_ms)
     burl = f"http://127.0.0.1:{bport}"
     hdrs = {"Accept": "text/event-stream", "Content-Type": "application/json"}
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -489,18 +498,7 @@ def start_stack(
     targets = {"direct": Target("direct", burl, dict(hdrs))}
     if "relay" in need:
         port = free_port()
-        c = Child(
-            "relay",
-            [
-                PY,
-                os.path.abspath(__file__),
-                "--serve-relay",
-                "--port",
-                str(port),
-                "--upstream-port",
-                str(bport),
-            ],
-        )
+        c = in_script("relay", "--serve-relay", "--port", str(port), "--upstream-port", str(bport))
         children.append(c)
         c.wait_ready(f"http://127.0.0.1:{port}/", timeout=30)
         targets["relay"] = Target("relay", f"http://127.0.0.1:{port}", dict(hdrs), pid=c.pid)
@@ -809,21 +807,7 @@ def profile(args: argparse.Namespace) -> None:
     children: list[Child] = []
     out = tempfile.mktemp(prefix="llm-af-bench-", suffix=".prof")
     try:
-        bport = free_port()
-        backend = Child(
-            "backend",
-            [
-                PY,
-                os.path.abspath(__file__),
-                "--serve-backend",
-                "--port",
-                str(bport),
-                "--chunks",
-                str(args.chunks),
-            ],
-        )
-        children.append(backend)
-        backend.wait_ready(f"http://127.0.0.1:{bport}/", timeout=30)
+        bport = start_backend(children, args.chunks, args.pace_ms)
         sport = free_port()
         svc = Child(
             "service",

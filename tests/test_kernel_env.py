@@ -471,12 +471,18 @@ def _service_log(proc: Proc, last: int = 12) -> str:
 
 
 def _agent_in_terminal(proc: Proc, command: str, timeout: float) -> str:
-    """``command`` typed in a Lab terminal; if it does not finish, what it printed and what the
-    service saw."""
+    """What ``command`` typed in a Lab terminal printed (colours removed); if it does not finish,
+    what it printed and what the service saw."""
     try:
-        return _shell(proc.extra["base"], command, timeout=timeout)
+        out = _shell(proc.extra["base"], command, timeout=timeout)
     except AssertionError as err:
         raise AssertionError(f"no end within {timeout} s; terminal:\n{err}\n{_service_log(proc)}") from None
+    return re.sub(r"\x1b\[[0-9;]*m", "", out)
+
+
+def _why(out: str, proc: Proc) -> str:
+    """An agent test's failure message: the terminal's end and the service's view."""
+    return f"terminal:\n{out[-3000:]}\n{_service_log(proc)}"
 
 
 @pytest.mark.llama
@@ -492,7 +498,7 @@ def test_claude_code_answers_in_a_lab_terminal(embedded_jupyter: Proc, agent_cli
     # Claude Code samples, and asks the model to go on when an answer stops at max_tokens (up to
     # 3 times): a 135M model rambling to its cap keeps it going, hence the model's small cap.
     out = _agent_in_terminal(embedded_jupyter, command, timeout=360)
-    why = f"terminal:\n{out[-3000:]}\n{_service_log(embedded_jupyter)}"
+    why = _why(out, embedded_jupyter)
     assert "exit=0" in out, why
     results = [line for line in out.splitlines() if line.startswith("{") and '"result"' in line]
     assert results, why
@@ -516,14 +522,14 @@ def test_codex_answers_in_a_lab_terminal(embedded_jupyter: Proc, agent_clis: dic
         f"cd \"$HOME\" && timeout 300 {codex} exec --skip-git-repo-check 'Say hi' < /dev/null 2>&1;"
         ' echo "exit=$?"'
     )
-    out = re.sub(r"\x1b\[[0-9;]*m", "", _agent_in_terminal(embedded_jupyter, command, timeout=320))
+    out = _agent_in_terminal(embedded_jupyter, command, timeout=320)
     if CODEX_CUT in out:
         # Codex asks for no limit and stops with this error when an answer is cut at the 135M
         # model's cap (it rambles under Codex's prompt now and then): the service did its part,
         # and the model's next sample gets one more chance, which must answer cleanly.
         print(f"first run cut at the cap:\n{out[-1500:]}\n{_service_log(embedded_jupyter)}")
-        out = re.sub(r"\x1b\[[0-9;]*m", "", _agent_in_terminal(embedded_jupyter, command, timeout=320))
-    why = f"terminal:\n{out[-3000:]}\n{_service_log(embedded_jupyter)}"
+        out = _agent_in_terminal(embedded_jupyter, command, timeout=320)
+    why = _why(out, embedded_jupyter)
     assert "exit=0" in out, why
     assert "model: smollm2:135m" in out and "provider: llm_af" in out, why
     answer = out.split("\ncodex\n")[-1].split("tokens used")[0]
